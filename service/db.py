@@ -65,7 +65,14 @@ def classify(exc: BaseException) -> str:
         return UNKNOWN_DATABASE
     if isinstance(exc, asyncpg.CannotConnectNowError | asyncpg.TooManyConnectionsError):
         return UNAVAILABLE
-    if isinstance(exc, OSError | asyncpg.PostgresConnectionError | asyncpg.InterfaceError):
+    if isinstance(
+        exc,
+        OSError
+        | asyncpg.PostgresConnectionError
+        | asyncpg.InterfaceError
+        | asyncpg.AdminShutdownError
+        | asyncpg.CrashShutdownError,
+    ):
         return DISCONNECTED
     return ERROR
 

@@ -1,2 +1,1 @@
 -- 0001_baseline rollback: nothing to undo.
-SELECT 1;

@@ -1,2 +1,1 @@
 -- 0001_baseline: the starting point of version tracking; no application tables yet.
-SELECT 1;
