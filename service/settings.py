@@ -75,7 +75,9 @@ class DatabaseURL:
 
     def with_database(self, database: str) -> DatabaseURL:
         """The same server and credentials, another database (tests, bench)."""
-        parts = urlsplit(self.value or "postgresql://")
+        if self.value is None:
+            return DatabaseURL(f"postgresql:///{quote(database)}")
+        parts = urlsplit(self.value)
         return DatabaseURL(urlunsplit(parts._replace(path="/" + quote(database))))
 
     @property

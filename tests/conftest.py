@@ -189,7 +189,8 @@ async def running(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
     """Run the app's lifespan and give an HTTP client on the test's own loop."""
     async with app.router.lifespan_context(app) as state:
         app.state.lifespan_state = state
-        transport = httpx.ASGITransport(app=_with_state(app, state))
+        # Starlette re-raises after answering 500 so the server logs it; we read the answer.
+        transport = httpx.ASGITransport(app=_with_state(app, state), raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             yield client
 

@@ -1,0 +1,259 @@
+"""The pool, the request-scoped connection helper and the readiness check, on real PostgreSQL.
+
+Maps the original design's engine, session and initialization classes onto asyncpg.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import asyncpg
+import psycopg
+import pytest
+
+from service import db as dbmod
+from service.db import Database, DatabaseUnavailable, classify
+from service.settings import Settings
+from tests.conftest import test_settings
+
+
+@pytest.fixture
+async def database(settings: Settings) -> AsyncIterator[Database]:
+    async with Database(settings) as database:
+        assert await database.wait_connected(10)
+        yield database
+
+
+# -- pool (the original "engine" class: creation, settings, one per app) ----------------
+
+
+async def test_pool_is_created_with_the_configured_settings(database_url: str) -> None:
+    settings = test_settings(database_url, pool_min_size=2, pool_max_size=4, command_timeout=7)
+    async with Database(settings) as database:
+        assert await database.wait_connected(10)
+        pool = database.pool
+        assert pool is not None
+        assert (pool.get_min_size(), pool.get_max_size()) == (2, 4)
+        assert pool.get_size() == 2  # the floor is opened up front
+        async with database.connection() as con:
+            name = await con.fetchval("SELECT current_setting('application_name')")
+            assert name == dbmod.APPLICATION_NAME
+            assert con._con._config.command_timeout == 7
+    assert database.pool is None
+    assert database.state == dbmod.CLOSED
+
+
+async def test_statement_cache_size_is_applied(database_url: str) -> None:
+    async with Database(test_settings(database_url, statement_cache_size=0)) as database:
+        assert await database.wait_connected(10)
+        async with database.connection() as con:
+            await con.fetchval("SELECT $1::int", 1)
+            assert len(con._con._stmt_cache) == 0
+    async with Database(test_settings(database_url, statement_cache_size=10)) as database:
+        assert await database.wait_connected(10)
+        async with database.connection() as con:
+            await con.fetchval("SELECT $1::int", 1)
+            assert len(con._con._stmt_cache) == 1
+
+
+async def test_importing_the_package_opens_nothing() -> None:
+    assert not [name for name in vars(dbmod) if isinstance(vars(dbmod)[name], asyncpg.Pool)]
+
+
+# -- connection helper (the original "session" class: creation, cleanup, dependency) -----
+
+
+async def test_helper_gives_a_working_connection_and_releases_it(database: Database) -> None:
+    pool = database.pool
+    assert pool is not None
+    async with database.connection() as con:
+        assert await con.fetchval("SELECT 40 + 2") == 42
+        assert pool.get_idle_size() == pool.get_size() - 1
+    assert pool.get_idle_size() == pool.get_size()
+
+
+async def test_helper_releases_when_the_block_raises(database: Database) -> None:
+    pool = database.pool
+    assert pool is not None
+    with pytest.raises(ZeroDivisionError):
+        async with database.connection() as con:
+            await con.execute("SELECT 1")
+            1 / 0  # noqa: B018
+    assert pool.get_idle_size() == pool.get_size()
+    with pytest.raises(asyncpg.UndefinedTableError):
+        async with database.connection() as con:
+            await con.execute("SELECT * FROM no_such_table")
+    assert pool.get_idle_size() == pool.get_size()
+    async with database.connection() as con:  # the connection is still good
+        assert await con.fetchval("SELECT 1") == 1
+
+
+async def test_helper_acquire_wait_is_bounded(database_url: str) -> None:
+    settings = test_settings(database_url, pool_min_size=1, pool_max_size=1, acquire_timeout=0.2)
+    async with Database(settings) as database:
+        assert await database.wait_connected(10)
+        async with database.connection():
+            with pytest.raises(DatabaseUnavailable) as caught:
+                async with database.connection():
+                    pass  # pragma: no cover - never reached
+        assert caught.value.reason == dbmod.TIMEOUT
+
+
+async def test_helper_before_the_pool_exists_raises_unavailable() -> None:
+    database = Database(test_settings("postgresql://u@127.0.0.1:1/d"))
+    with pytest.raises(DatabaseUnavailable):
+        async with database.connection():
+            pass  # pragma: no cover - never reached
+
+
+async def test_cancelled_query_closes_the_connection_instead_of_reusing_it(
+    database: Database,
+) -> None:
+    async with database.connection() as con:
+        first_pid = await con.fetchval("SELECT pg_backend_pid()")
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.2):
+            async with database.connection() as con:
+                assert await con.fetchval("SELECT pg_backend_pid()") == first_pid
+                await con.execute("SELECT pg_sleep(30)")
+    async with database.connection() as con:
+        assert await con.fetchval("SELECT pg_backend_pid()") != first_pid
+
+
+async def test_old_connections_are_retired_at_release(database_url: str) -> None:
+    async with Database(test_settings(database_url, pool_max_lifetime=0.05)) as database:
+        assert await database.wait_connected(10)
+        async with database.connection() as con:
+            first = await con.fetchval("SELECT pg_backend_pid()")
+            await asyncio.sleep(0.1)
+        async with database.connection() as con:
+            assert await con.fetchval("SELECT pg_backend_pid()") != first
+
+
+async def test_young_connections_are_reused(database: Database) -> None:
+    async with database.connection() as con:
+        first = await con.fetchval("SELECT pg_backend_pid()")
+    async with database.connection() as con:
+        assert await con.fetchval("SELECT pg_backend_pid()") == first
+
+
+# -- initialization: migrations in place, health check success and failure ---------------
+
+
+def test_template_database_is_migrated(database_url: str) -> None:
+    with psycopg.connect(database_url) as con:
+        applied = con.execute("SELECT migration_id FROM _yoyo_migration").fetchall()
+    assert ("0001_baseline",) in applied
+
+
+async def test_check_succeeds_on_a_working_database(database: Database) -> None:
+    assert await database.check() == dbmod.CONNECTED
+    assert database.state == dbmod.CONNECTED
+
+
+async def test_check_fails_when_nothing_listens() -> None:
+    async with Database(test_settings("postgresql://u@127.0.0.1:1/d")) as database:
+        assert not await database.wait_connected(0.5)
+        assert await database.check() == dbmod.DISCONNECTED
+
+
+async def test_check_names_a_missing_database(server) -> None:  # noqa: ANN001
+    async with Database(test_settings(server.url("svc_test_does_not_exist"))) as database:
+        assert not await database.wait_connected(0.5)
+        assert await database.check() == dbmod.UNKNOWN_DATABASE
+
+
+def test_classify_words() -> None:
+    assert classify(TimeoutError()) == dbmod.TIMEOUT
+    assert classify(ConnectionRefusedError()) == dbmod.DISCONNECTED
+    assert classify(asyncpg.InvalidPasswordError("")) == dbmod.UNAUTHORIZED
+    assert classify(asyncpg.TooManyConnectionsError("")) == dbmod.UNAVAILABLE
+    assert classify(asyncpg.AdminShutdownError("")) == dbmod.DISCONNECTED
+    assert classify(ValueError()) == dbmod.ERROR
+
+
+# -- single-flight ---------------------------------------------------------------------
+
+
+async def test_a_flood_of_checks_shares_one_round_trip(database_url: str) -> None:
+    settings = test_settings(database_url, pool_min_size=1, pool_max_size=10)
+    async with Database(settings) as database:
+        assert await database.wait_connected(10)
+        results = await asyncio.gather(*(database.check() for _ in range(500)))
+        assert set(results) == {dbmod.CONNECTED}
+        # Had any two checks run at once, the pool would have opened a second connection.
+        assert database.pool is not None
+        assert database.pool.get_size() == 1
+
+
+async def test_a_finished_check_is_never_reused(database: Database, server) -> None:  # noqa: ANN001
+    assert await database.check() == dbmod.CONNECTED
+    async with database.connection() as con:
+        name = await con.fetchval("SELECT current_database()")
+    with server.admin() as admin:  # kill every session of this database from outside
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+        )
+        admin.execute("ALTER DATABASE " + name + " WITH ALLOW_CONNECTIONS false")
+    try:
+        assert await database.check() != dbmod.CONNECTED
+    finally:
+        with server.admin() as admin:
+            admin.execute("ALTER DATABASE " + name + " WITH ALLOW_CONNECTIONS true")
+    assert await database.check() == dbmod.CONNECTED
+
+
+# -- integration: lifecycle, transaction rollback, concurrent connections ----------------
+
+
+async def test_transaction_rolls_back_on_error(database: Database) -> None:
+    async with database.connection() as con:
+        await con.execute("CREATE TABLE notes (id int PRIMARY KEY, body text NOT NULL)")
+    with pytest.raises(asyncpg.UniqueViolationError):
+        async with database.connection() as con:
+            async with con.transaction():
+                await con.execute("INSERT INTO notes (id, body) VALUES ($1, $2)", 1, "a")
+                await con.execute("INSERT INTO notes (id, body) VALUES ($1, $2)", 1, "b")
+    async with database.connection() as con:
+        assert await con.fetchval("SELECT count(*) FROM notes") == 0
+
+
+async def test_uncommitted_transaction_is_rolled_back_at_release(database: Database) -> None:
+    async with database.connection() as con:
+        await con.execute("CREATE TABLE items (id int)")
+    with pytest.raises(RuntimeError):
+        async with database.connection() as con:
+            tx = con.transaction()
+            await tx.start()
+            await con.execute("INSERT INTO items (id) VALUES (1)")
+            raise RuntimeError("handler failed mid-transaction")
+    async with database.connection() as con:
+        assert await con.fetchval("SELECT count(*) FROM items") == 0
+        assert not con.is_in_transaction()
+
+
+async def test_concurrent_connections_are_distinct_and_bounded(database_url: str) -> None:
+    settings = test_settings(database_url, pool_min_size=1, pool_max_size=4)
+    async with Database(settings) as database:
+        assert await database.wait_connected(10)
+
+        async def backend() -> int:
+            async with database.connection() as con:
+                return await con.fetchval("SELECT pg_backend_pid() FROM pg_sleep(0.05)")
+
+        pids = await asyncio.gather(*(backend() for _ in range(20)))
+        assert 1 < len(set(pids)) <= 4
+
+
+async def test_state_changes_are_logged_once(
+    database: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="service.db")
+    database._set_state(dbmod.DISCONNECTED)
+    database._set_state(dbmod.DISCONNECTED)
+    database._set_state(dbmod.CONNECTED)
+    database._set_state(dbmod.CONNECTED)
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == ["db.lost reason=disconnected", "db.connected pool_size=1"]

@@ -1,0 +1,177 @@
+"""Configuration: DATABASE_URL forms, libpq defaults, `.env`, validation, redaction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.settings import DatabaseURL, Settings, SettingsError
+
+SECRET = "s3cr3t-Pa55"
+
+
+def from_env(**env: str) -> Settings:
+    return Settings.from_env(environ=env, env_file=None)
+
+
+# -- the original design's configuration class: URL from env, default, async driver -----
+
+
+def test_url_comes_from_the_environment() -> None:
+    settings = from_env(DATABASE_URL="postgresql://app@db.internal:6432/orders")
+    assert settings.database_url.value == "postgresql://app@db.internal:6432/orders"
+
+
+def test_unset_url_means_libpq_defaults() -> None:
+    settings = from_env()
+    assert settings.database_url.value is None
+    assert settings.database_url.is_default
+
+
+@pytest.mark.parametrize(
+    "scheme",
+    ["postgresql", "postgres", "postgresql+asyncpg", "postgresql+psycopg", "postgresql+psycopg2"],
+)
+def test_driver_schemes_are_normalised(scheme: str) -> None:
+    url = from_env(DATABASE_URL=f"{scheme}://u@h:5432/d?sslmode=require").database_url
+    assert url.value == "postgresql://u@h:5432/d?sslmode=require"
+    assert (
+        url.with_scheme("postgresql+psycopg") == "postgresql+psycopg://u@h:5432/d?sslmode=require"
+    )
+
+
+def test_unset_url_names_the_libpq_target(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGHOST", "pg.example")
+    monkeypatch.setenv("PGPORT", "6543")
+    monkeypatch.setenv("PGUSER", "svc")
+    monkeypatch.setenv("PGPASSWORD", SECRET)
+    text = DatabaseURL(None).redacted
+    assert "svc@pg.example:6543/svc" in text
+    assert SECRET not in text
+
+
+# -- `.env` ------------------------------------------------------------------------------
+
+
+def test_env_file_fills_gaps_and_the_environment_wins(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("DB_POOL_MAX_SIZE=7\nPORT=9000\nLOG_FORMAT=json\n")
+    settings = Settings.from_env(environ={"PORT": "9100"}, env_file=env_file)
+    assert settings.pool_max_size == 7
+    assert settings.log_format == "json"
+    assert settings.port == 9100
+
+
+def test_defaults_are_production_shaped() -> None:
+    settings = from_env()
+    assert (settings.pool_min_size, settings.pool_max_size) == (2, 30)
+    assert settings.pool_max_lifetime == 3600
+    assert settings.ready_timeout < 1  # below Kubernetes' default 1 s probe timeout
+    assert (settings.host, settings.port) == ("127.0.0.1", 8000)
+
+
+def test_every_variable_is_read() -> None:
+    settings = from_env(
+        DB_POOL_MIN_SIZE="0",
+        DB_POOL_MAX_SIZE="3",
+        DB_POOL_MAX_LIFETIME="60",
+        DB_POOL_MAX_INACTIVE_LIFETIME="0",
+        DB_CONNECT_TIMEOUT="1.5",
+        DB_COMMAND_TIMEOUT="9",
+        DB_ACQUIRE_TIMEOUT="2",
+        DB_STATEMENT_CACHE_SIZE="0",
+        DB_READY_TIMEOUT="0.3",
+        DB_CLOSE_TIMEOUT="4",
+        DB_MIGRATE_ON_STARTUP="yes",
+        MIGRATE_LOCK_TIMEOUT="0",
+        HOST="0.0.0.0",
+        PORT="8080",
+        WORKERS="4",
+        SHUTDOWN_TIMEOUT="12",
+        LOG_LEVEL="DEBUG",
+        LOG_FORMAT="JSON",
+        ACCESS_LOG="off",
+    )
+    assert settings == Settings(
+        pool_min_size=0,
+        pool_max_size=3,
+        pool_max_lifetime=60,
+        pool_max_inactive_lifetime=0,
+        connect_timeout=1.5,
+        command_timeout=9,
+        acquire_timeout=2,
+        statement_cache_size=0,
+        ready_timeout=0.3,
+        close_timeout=4,
+        migrate_on_startup=True,
+        migrate_lock_timeout=0,
+        host="0.0.0.0",
+        port=8080,
+        workers=4,
+        shutdown_timeout=12,
+        log_level="debug",
+        log_format="json",
+        access_log=False,
+    )
+
+
+# -- refusals: one line naming the variable ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"DATABASE_URL": "mysql://u:pw@h/d"}, "DATABASE_URL: scheme 'mysql' is not PostgreSQL"),
+        ({"DATABASE_URL": "just-a-hostname"}, "DATABASE_URL: not a URL"),
+        ({"DATABASE_URL": "postgresql://u:pw@h:99999/d"}, "DATABASE_URL: the port is not"),
+        ({"DATABASE_URL": "postgresql://u:pw@h:abc/d"}, "DATABASE_URL: the port is not"),
+        ({"DB_POOL_MAX_SIZE": "many"}, "DB_POOL_MAX_SIZE: 'many' is not a whole number"),
+        ({"DB_POOL_MAX_SIZE": "0"}, "DB_POOL_MAX_SIZE: 0 is out of range"),
+        ({"DB_POOL_MIN_SIZE": "-1"}, "DB_POOL_MIN_SIZE: -1 is out of range"),
+        ({"DB_POOL_MIN_SIZE": "9", "DB_POOL_MAX_SIZE": "3"}, "DB_POOL_MIN_SIZE: 9 is larger"),
+        ({"DB_READY_TIMEOUT": "-1"}, "DB_READY_TIMEOUT: '-1' is out of range"),
+        ({"DB_READY_TIMEOUT": "0"}, "DB_READY_TIMEOUT: '0' is out of range"),
+        ({"DB_CONNECT_TIMEOUT": "soon"}, "DB_CONNECT_TIMEOUT: 'soon' is not a number"),
+        ({"DB_CLOSE_TIMEOUT": "nan"}, "DB_CLOSE_TIMEOUT: 'nan' is out of range"),
+        ({"PORT": "70000"}, "PORT: 70000 is out of range"),
+        ({"PORT": "http"}, "PORT: 'http' is not a whole number"),
+        ({"WORKERS": "0"}, "WORKERS: 0 is out of range"),
+        ({"HOST": "local host"}, "HOST: 'local host' is not a host"),
+        ({"LOG_LEVEL": "loud"}, "LOG_LEVEL: 'loud' is not one of"),
+        ({"LOG_FORMAT": "xml"}, "LOG_FORMAT: 'xml' is not one of text, json"),
+        ({"ACCESS_LOG": "maybe"}, "ACCESS_LOG: 'maybe' is not a boolean"),
+        ({"DB_MIGRATE_ON_STARTUP": "2"}, "DB_MIGRATE_ON_STARTUP: '2' is not a boolean"),
+    ],
+)
+def test_bad_values_are_refused_with_the_variable_named(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        from_env(**env)
+    text = str(caught.value)
+    assert text.startswith(message)
+    assert "\n" not in text
+    assert "pw" not in text  # a refused URL is never echoed back
+
+
+# -- the password never shows ----------------------------------------------------------
+
+
+def test_password_is_redacted_in_repr_str_and_logs_form() -> None:
+    settings = from_env(DATABASE_URL=f"postgresql://app:{SECRET}@db:5432/orders?sslmode=require")
+    for text in (repr(settings), str(settings), settings.database_url.redacted):
+        assert SECRET not in text
+    assert "app:***@db:5432/orders?sslmode=require" in settings.database_url.redacted
+
+
+def test_password_in_query_string_is_redacted() -> None:
+    url = DatabaseURL.parse(f"postgresql://db/orders?user=app&password={SECRET}")
+    assert SECRET not in url.redacted
+    assert "password=***" in url.redacted
+
+
+def test_with_database_keeps_server_and_credentials() -> None:
+    url = DatabaseURL.parse(f"postgresql://app:{SECRET}@db:5432/orders?sslmode=disable")
+    assert url.with_database("other").value == (
+        f"postgresql://app:{SECRET}@db:5432/other?sslmode=disable"
+    )
+    assert DatabaseURL(None).with_database("x").value == "postgresql:///x"
