@@ -1,0 +1,276 @@
+"""Faults on a cluster each test owns: stopped, hung (SIGSTOP), restarted, wrong password,
+flooded, and the process told to stop while the database hangs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from service import create_app, db_connection
+from service.db import Database
+from tests.cluster import Cluster, free_port
+from tests.conftest import running, test_settings
+
+pytestmark = pytest.mark.fault
+SECRET = "Hunter2-not-for-logs"
+READY = "/api/v1/ready"
+
+
+def _db(app) -> Database:  # noqa: ANN001
+    return app.state.lifespan_state["db"]
+
+
+async def _ready_state(client) -> tuple[int, str]:  # noqa: ANN001
+    response = await client.get(READY)
+    return response.status_code, response.json()["dependencies"]["db"]
+
+
+async def test_degraded_start_then_ready_by_itself(
+    owned_cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="service.db")
+    await asyncio.to_thread(owned_cluster.stop)
+    app = create_app(test_settings(owned_cluster.url()))
+    async with running(app) as client:
+        assert (await client.get("/api/v1/health")).status_code == 200
+        assert await _ready_state(client) in {(503, "connecting"), (503, "disconnected")}
+        while _db(app).state == "connecting":  # the first attempt is under way
+            await asyncio.sleep(0.05)
+        for _ in range(5):
+            assert await _ready_state(client) == (503, "disconnected")
+        await asyncio.to_thread(owned_cluster.start)
+        assert await _db(app).wait_connected(15)
+        assert await _ready_state(client) == (200, "connected")
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages.count("db.unavailable reason=disconnected") == 1  # once, not per probe
+    assert any(m.startswith("db.retry in ") for m in messages)
+    assert messages.count("db.connected pool_size=1") == 1
+
+
+async def test_stopped_database_is_reported_then_recovered(owned_cluster: Cluster) -> None:
+    app = create_app(test_settings(owned_cluster.url()))
+    async with running(app) as client:
+        assert await _db(app).wait_connected(10)
+        assert await _ready_state(client) == (200, "connected")
+        await asyncio.to_thread(owned_cluster.stop)
+        assert await _ready_state(client) == (503, "disconnected")
+        assert (await client.get("/api/v1/health")).status_code == 200
+        await asyncio.to_thread(owned_cluster.start)
+        assert await _ready_state(client) == (200, "connected")
+
+
+def _app_with_query_route(settings):  # noqa: ANN001, ANN202
+    app = create_app(settings)
+
+    async def pid(request: Request) -> JSONResponse:
+        async with db_connection(request) as con:
+            return JSONResponse({"pid": await con.fetchval("SELECT pg_backend_pid()")})
+
+    app.router.routes.append(Route("/pid", pid))
+    return app
+
+
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+async def test_first_request_after_a_restart_succeeds(owned_cluster: Cluster, mode: str) -> None:
+    app = _app_with_query_route(test_settings(owned_cluster.url(), pool_min_size=3))
+    async with running(app) as client:
+        assert await _db(app).wait_connected(10)
+        before = (await client.get("/pid")).json()["pid"]
+        await asyncio.to_thread(owned_cluster.stop, mode)
+        await asyncio.to_thread(owned_cluster.start)
+        # No dead connection reaches a caller: the very first answers succeed.
+        response = await client.get("/pid")
+        assert response.status_code == 200
+        assert response.json()["pid"] != before
+        assert await _ready_state(client) == (200, "connected")
+
+
+async def test_hung_database_probe_answers_timeout_within_the_deadline(
+    owned_cluster: Cluster,
+) -> None:
+    app = create_app(test_settings(owned_cluster.url(), ready_timeout=0.3))
+    async with running(app) as client:
+        assert await _db(app).wait_connected(10)
+        owned_cluster.pause()
+        try:
+            # Each answer arrives (the client itself would give up after 5 s).
+            for _ in range(3):
+                assert await asyncio.wait_for(_ready_state(client), 5) == (503, "timeout")
+        finally:
+            owned_cluster.resume()
+        assert await _ready_state(client) == (200, "connected")
+
+
+async def test_probe_flood_on_a_hung_database_never_exhausts_the_pool(
+    owned_cluster: Cluster,
+) -> None:
+    settings = test_settings(owned_cluster.url(), pool_min_size=1, pool_max_size=3)
+    app = _app_with_query_route(settings)
+    async with running(app) as client:
+        assert await _db(app).wait_connected(10)
+        owned_cluster.pause()
+        try:
+            answers = await asyncio.wait_for(
+                asyncio.gather(*(_ready_state(client) for _ in range(300))), 10
+            )
+            assert set(answers) == {(503, "timeout")}
+        finally:
+            owned_cluster.resume()
+        assert (await client.get("/pid")).status_code == 200
+
+
+async def test_wrong_password_is_unauthorized_and_never_printed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    cluster = Cluster(tmp_path / "pw").init(password=SECRET)
+    await asyncio.to_thread(cluster.start)
+    try:
+        wrong = f"{SECRET}-wrong"
+        seen: list[str] = []
+        app = create_app(test_settings(cluster.url(password=wrong)))
+        async with running(app) as client:
+            response = await client.get(READY)
+            for _ in range(20):
+                if response.json()["dependencies"]["db"] != "connecting":
+                    break
+                await asyncio.sleep(0.1)
+                response = await client.get(READY)
+            assert (response.status_code, response.json()["dependencies"]["db"]) == (
+                503,
+                "unauthorized",
+            )
+            seen += [response.text, repr(app.state.settings)]
+
+        app = create_app(test_settings(cluster.url(password=SECRET)))
+        async with running(app) as client:
+            assert await _db(app).wait_connected(10)
+            response = await client.get(READY)
+            assert response.status_code == 200
+            seen.append(response.text)
+            await asyncio.to_thread(cluster.stop)
+            response = await client.get(READY)
+            assert response.status_code == 503
+            seen += [response.text, repr(app.state.settings)]
+    finally:
+        cluster.destroy()
+    seen.append(caplog.text)
+    for text in seen:
+        assert SECRET not in text
+
+
+def _serve(url: str, port: int, **env: str) -> subprocess.Popen[str]:
+    environ = {
+        **os.environ,
+        "DATABASE_URL": url,
+        "PORT": str(port),
+        "DB_READY_TIMEOUT": "0.3",
+        "DB_CLOSE_TIMEOUT": "1",
+        "DB_POOL_MIN_SIZE": "2",
+        "LOG_LEVEL": "debug",
+        **env,
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "service", "serve"],
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _get(port: int, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def _wait_ready(port: int, process: subprocess.Popen[str]) -> None:
+    for _ in range(200):
+        if process.poll() is not None:
+            raise AssertionError(process.stdout.read() if process.stdout else "exited")
+        try:
+            if _get(port, READY)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError("the service never became ready")
+
+
+def _service_sessions(cluster: Cluster) -> int:
+    import psycopg
+
+    with psycopg.connect(cluster.url(), autocommit=True) as con:
+        row = con.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'service'"
+        ).fetchone()
+    return row[0] if row else -1
+
+
+def test_sigterm_closes_every_connection(owned_cluster: Cluster) -> None:
+    port = free_port()
+    process = _serve(owned_cluster.url(password=SECRET), port)
+    try:
+        _wait_ready(port, process)
+        assert _service_sessions(owned_cluster) >= 1
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    # uvicorn re-raises SIGTERM after a graceful shutdown: killed by SIGTERM is success.
+    assert process.returncode in (0, -signal.SIGTERM), output
+    assert "db.closed" in output
+    assert SECRET not in output
+    assert _service_sessions(owned_cluster) == 0
+
+
+def test_sigterm_with_a_hung_database_stays_bounded(owned_cluster: Cluster) -> None:
+    port = free_port()
+    process = _serve(owned_cluster.url(), port)
+    try:
+        _wait_ready(port, process)
+        owned_cluster.pause()
+        try:
+            in_flight = subprocess.Popen(
+                [sys.executable, "-c", f"import urllib.request as u; u.urlopen('{_url(port)}')"],
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            time.sleep(0.1)
+            process.send_signal(signal.SIGTERM)
+            # Bounded: DB_CLOSE_TIMEOUT is 1 s; a hang here fails the test at 30 s.
+            output, _ = process.communicate(timeout=30)
+            _, probe_error = in_flight.communicate(timeout=30)
+        finally:
+            owned_cluster.resume()
+    finally:
+        process.kill()
+    assert process.returncode in (0, -signal.SIGTERM), output
+    # The in-flight probe was answered (503 timeout), not cut off.
+    assert "HTTP Error 503" in probe_error
+    assert "db.close timed out after 1.0s; terminating" in output or "db.closed" in output
+    for _ in range(50):  # the resumed server notices the closed sockets
+        if _service_sessions(owned_cluster) == 0:
+            break
+        time.sleep(0.1)
+    assert _service_sessions(owned_cluster) == 0
+
+
+def _url(port: int) -> str:
+    return f"http://127.0.0.1:{port}{READY}"
