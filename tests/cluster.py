@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="start a cluster, print its URL, stop it on SIGINT/SIGTERM")
     run.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "service-pg"))
-    run.add_argument("--port", type=int, default=None)
+    run.add_argument("--port", type=int, default=0, help="0: a free port")
     args = parser.parse_args(argv)
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     return _run_foreground(args)
