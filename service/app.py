@@ -9,12 +9,14 @@ from typing import TypedDict
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from . import health
 from .db import Database, DatabaseUnavailable
+from .metrics import HTTPMetrics, Metrics
 from .settings import Settings
 
 log = logging.getLogger("service.app")
@@ -46,17 +48,25 @@ async def _server_error(request: Request, exc: Exception) -> JSONResponse:
 def create_app(settings: Settings | None = None) -> Starlette:
     """Build the app; settings come from the environment unless given."""
     settings = settings or Settings.from_env()
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
+        if settings.workers > 1:
+            log.warning(
+                "metrics.per_worker workers=%d: /metrics shows one worker", settings.workers
+            )
         async with Database(settings) as db:
+            metrics.database = db
             yield {"db": db}
 
     app = Starlette(
         routes=[
             Route("/api/v1/health", health.health, methods=["GET"]),
             Route("/api/v1/ready", health.ready, methods=["GET"]),
+            Route("/metrics", metrics.endpoint, methods=["GET"]),
         ],
+        middleware=[Middleware(HTTPMetrics, metrics=metrics)],
         exception_handlers={
             HTTPException: _http_error,
             DatabaseUnavailable: _db_unavailable,
@@ -65,6 +75,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.metrics = metrics
     return app
 
 

@@ -48,11 +48,21 @@ class DatabaseUnavailable(Exception):
 class Connection(asyncpg.Connection):
     """An asyncpg connection that knows its age, so the pool can retire old ones."""
 
-    __slots__ = ("opened_at",)
+    __slots__ = ("opened_at", "closed_by_us")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.opened_at = time.monotonic()
+        # Metrics: a close we start (retire, expire, timeout, shutdown) is not a "lost" one.
+        self.closed_by_us = False
+
+    async def close(self, *, timeout: float | None = None) -> None:
+        self.closed_by_us = self.closed_by_us or not self.is_closed()
+        await super().close(timeout=timeout)
+
+    def terminate(self) -> None:
+        self.closed_by_us = self.closed_by_us or not self.is_closed()
+        super().terminate()
 
 
 def classify(exc: BaseException) -> str:
@@ -140,6 +150,10 @@ class Database:
         self._connector: asyncio.Task[None] | None = None
         self._check: asyncio.Task[str] | None = None
         self._closing = False
+        # Plain counts, read by service/metrics.py at scrape time: no cost per query.
+        self.connections_opened = 0
+        self.connections_lost = 0
+        self.connections_closed = 0
 
     async def __aenter__(self) -> Database:
         self.start()
@@ -183,7 +197,18 @@ class Database:
             statement_cache_size=s.statement_cache_size,
             connection_class=Connection,
             server_settings={"application_name": APPLICATION_NAME},
+            init=self._connection_opened,
         )
+
+    async def _connection_opened(self, con: Connection) -> None:
+        self.connections_opened += 1
+        con.add_termination_listener(self._connection_ended)
+
+    def _connection_ended(self, con: Connection) -> None:
+        if con.closed_by_us:
+            self.connections_closed += 1
+        else:
+            self.connections_lost += 1  # the server or the network closed it
 
     async def _connect_forever(self) -> None:
         delay = RETRY_FIRST_DELAY
