@@ -1,0 +1,87 @@
+"""/api/v1/ready in the IETF health-check format when asked with Accept: application/health+json."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+
+from service import create_app
+from service.db import Database
+from service.health import wants_health_json
+from service.settings import Settings
+from tests.conftest import running, test_settings
+
+HEALTH_JSON = {"accept": "application/health+json"}
+
+
+async def _started(app) -> Database:  # noqa: ANN001
+    database: Database = app.state.lifespan_state["db"]
+    assert await database.wait_connected(10)
+    return database
+
+
+async def test_pass_with_db_response_time(settings: Settings) -> None:
+    app = create_app(settings)
+    async with running(app) as client:
+        await _started(app)
+        response = await client.get("/api/v1/ready", headers=HEALTH_JSON)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/health+json"
+    assert response.headers["cache-control"] == "no-store"
+    body = response.json()
+    assert body["status"] == "pass"
+    assert "output" not in body
+    [check] = body["checks"]["db:responseTime"]
+    assert check["status"] == "pass"
+    assert check["componentType"] == "datastore"
+    assert check["observedUnit"] == "ms"
+    assert isinstance(check["observedValue"], int | float) and check["observedValue"] >= 0
+    assert check["time"].endswith("Z")
+    assert datetime.fromisoformat(check["time"]).tzinfo is not None
+
+
+async def test_fail_is_503_with_the_readiness_word() -> None:
+    app = create_app(test_settings("postgresql://app:pw@127.0.0.1:1/orders"))
+    async with running(app) as client:
+        response = await client.get("/api/v1/ready", headers=HEALTH_JSON)
+    assert response.status_code == 503
+    assert response.headers["content-type"] == "application/health+json"
+    assert response.headers["cache-control"] == "no-store"
+    body = response.json()
+    assert body["status"] == "fail"
+    [check] = body["checks"]["db:responseTime"]
+    assert check["status"] == "fail"
+    assert check["output"] in {"connecting", "disconnected"}
+    assert body["output"] == f"db: {check['output']}"
+    assert "pw" not in response.text and "refused" not in response.text
+
+
+async def test_default_stays_the_original_json(settings: Settings) -> None:
+    app = create_app(settings)
+    async with running(app) as client:
+        await _started(app)
+        plain = await client.get("/api/v1/ready")
+        anything = await client.get("/api/v1/ready", headers={"accept": "*/*"})
+        app_json = await client.get("/api/v1/ready", headers={"accept": "application/json"})
+    for response in (plain, anything, app_json):
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "application/json"
+        assert response.json()["ready"] is True
+
+
+@pytest.mark.parametrize(
+    ("accept", "wanted"),
+    [
+        ("application/health+json", True),
+        ("Application/Health+JSON", True),
+        ("application/json;q=0.5, application/health+json", True),
+        ("application/health+json; q=0.9", True),
+        ("application/health+json;q=0", False),
+        ("application/json", False),
+        ("*/*", False),
+        ("", False),
+    ],
+)
+def test_accept_header_negotiation(accept: str, wanted: bool) -> None:
+    assert wants_health_json(accept) is wanted
