@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from . import health
+from . import health, migrations
 from .db import Database, DatabaseUnavailable
 from .metrics import HTTPMetrics, Metrics
 from .settings import Settings
@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             )
         async with Database(settings) as db:
             metrics.database = db
+            db.on_connected.append(migrations.startup_hook(settings))  # connect task not run yet
             yield {"db": db}
 
     app = Starlette(

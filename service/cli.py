@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from . import migrate_cli
 from .settings import Settings, SettingsError
 
 EXIT_USAGE = 2
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser("serve", help="run the HTTP service (uvicorn, uvloop, httptools)")
     serve.set_defaults(run=_serve)
+    migrate_cli.add_command(commands)
     return parser
 
 

@@ -1,13 +1,79 @@
-"""Plain-SQL migrations in sql/, applied by yoyo (minimal; grown by the migrations issue)."""
+"""Plain-SQL migrations in sql/, applied by yoyo under our own lock and checksums.
+
+yoyo reads the files and keeps its tables (`_yoyo_migration`, `_yoyo_log`), so the
+plain `yoyo` CLI keeps working. What we add on top:
+
+- one session advisory lock, held for the whole run on the connection that does the
+  work: it dies with a killed runner, and its wait is bounded and names the holder;
+- yoyo's own lock row is inserted in a transaction we never commit, so plain `yoyo`
+  runners wait for us, yet a crash of ours leaves no row behind;
+- each migration and its bookkeeping commit in one transaction (exactly once);
+- a checksum of each applied file in `service_migration_checksums`; edits are refused.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import logging
+import os
+import re
+import socket
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
+from typing import Any
 
-from yoyo import get_backend, read_migrations
+import asyncpg
+import psycopg
+from psycopg import errors
+from psycopg.conninfo import conninfo_to_dict
+from yoyo import read_migrations
+from yoyo.backends.core.postgresql import PostgresqlPsycopgBackend
+from yoyo.connections import parse_uri
+from yoyo.migrations import Migration, MigrationList
 
-from .settings import DatabaseURL
+from .settings import DatabaseURL, Settings
+
+log = logging.getLogger("service.migrations")
+
+# pg_advisory_lock(int, int): shows in pg_locks as classid/objid with objsubid = 2.
+LOCK_KEY = (0x53564331, 1)  # "SVC1", migrations
+APPLICATION_NAME = "service-migrate"
+CHECKSUM_TABLE = "service_migration_checksums"
+
+CREATE_CHECKSUM_TABLE = f"""
+CREATE TABLE IF NOT EXISTS {CHECKSUM_TABLE} (
+    migration_id text PRIMARY KEY,
+    checksum text NOT NULL,
+    recorded_at timestamptz NOT NULL DEFAULT now()
+)"""
+UPSERT_CHECKSUM = f"""
+INSERT INTO {CHECKSUM_TABLE} (migration_id, checksum) VALUES (%s, %s)
+ON CONFLICT (migration_id) DO UPDATE SET checksum = excluded.checksum, recorded_at = now()"""
+DELETE_CHECKSUM = f"DELETE FROM {CHECKSUM_TABLE} WHERE migration_id = %s"
+TABLES_EXIST = f"SELECT to_regclass('_yoyo_migration'), to_regclass('{CHECKSUM_TABLE}')"
+APPLIED_QUERY = "SELECT migration_id FROM _yoyo_migration ORDER BY applied_at_utc, migration_id"
+CHECKSUMS_QUERY = f"SELECT migration_id, checksum FROM {CHECKSUM_TABLE}"
+LOCK_HOLDER_QUERY = """
+SELECT a.pid, a.application_name, host(a.client_addr), a.client_port, a.backend_start
+FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s AND l.objid = %s
+  AND l.objsubid = 2
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"""
+YOYO_ROW_INSERT = (
+    "INSERT INTO yoyo_lock (locked, ctime, pid) VALUES (1, now() AT TIME ZONE 'UTC', %s)"
+)
+YOYO_ROW_HOLDER = "SELECT pid, ctime FROM yoyo_lock"
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+_NUMBERED = re.compile(r"^(\d{4})_")
+
+
+class MigrationError(Exception):
+    """A migration run that cannot go on: one line for the operator, no password."""
 
 
 def default_directory() -> Path:
@@ -22,18 +88,358 @@ def default_directory() -> Path:
         return Path(__file__).resolve().parent.parent / "sql"
 
 
-def yoyo_url(url: DatabaseURL) -> str:
-    return url.with_scheme("postgresql+psycopg") or "postgresql+psycopg://"
+def checksum(migration: Migration) -> str:
+    """sha256 of the migration file's bytes (the rollback file may be fixed freely)."""
+    return hashlib.sha256(Path(migration.path).read_bytes()).hexdigest()
 
 
-def apply(url: DatabaseURL, directory: Path | None = None) -> int:
-    """Apply pending migrations; returns how many were applied."""
-    backend = get_backend(yoyo_url(url))
-    migrations = read_migrations(str(directory or default_directory()))
+def read(directory: Path | None = None) -> MigrationList:
+    directory = Path(directory or default_directory())
+    if not directory.is_dir():
+        raise MigrationError(f"migrations directory {directory} does not exist")
+    return read_migrations(str(directory))
+
+
+@dataclass(frozen=True)
+class Status:
+    """One line of `migrate list`: applied, pending, changed, or missing (file gone)."""
+
+    id: str
+    state: str
+
+
+def connect(url: DatabaseURL, connect_timeout: float = 5.0) -> psycopg.Connection[Any]:
+    """A psycopg connection; libpq defaults (PG* variables) when DATABASE_URL is unset."""
     try:
-        with backend.lock():
-            pending = backend.to_apply(migrations)
-            backend.apply_migrations(pending)
-    finally:
-        backend.connection.close()
-    return len(pending)
+        return psycopg.connect(
+            url.value or "",
+            autocommit=True,
+            connect_timeout=max(2, round(connect_timeout)),
+            application_name=f"{APPLICATION_NAME} {socket.gethostname()}:{os.getpid()}"[:63],
+        )
+    except psycopg.Error as exc:
+        raise MigrationError(f"cannot connect to {url.redacted}: {describe(exc, url)}") from None
+
+
+def describe(exc: BaseException, url: DatabaseURL | None = None) -> str:
+    """The first line of a driver error, with any password scrubbed."""
+    diag = getattr(exc, "diag", None)
+    text = (diag.message_primary if diag is not None else None) or str(exc) or type(exc).__name__
+    line = next((part.strip() for part in text.splitlines() if part.strip()), text)
+    line = line.removeprefix("connection failed: ")
+    password = conninfo_to_dict(url.value or "").get("password") if url else None
+    return line.replace(str(password), "***") if password else line
+
+
+def _backend_class(con: psycopg.Connection[Any]) -> type[PostgresqlPsycopgBackend]:
+    class Backend(PostgresqlPsycopgBackend):
+        """yoyo's backend on our connection (yoyo's URL parsing never sees the real URL)."""
+
+        def connect(self, dburi: Any) -> psycopg.Connection[Any]:
+            self.schema = None
+            return con
+
+    return Backend
+
+
+def status_of(con: psycopg.Connection[Any], migrations: MigrationList) -> list[Status]:
+    """Applied/pending/changed for each file, then applied ids whose file is gone."""
+    yoyo_table, checksum_table = con.execute(TABLES_EXIST).fetchone() or (None, None)
+    applied = [r[0] for r in con.execute(APPLIED_QUERY)] if yoyo_table else []
+    recorded = dict(con.execute(CHECKSUMS_QUERY).fetchall()) if checksum_table else {}
+    return _states(migrations, applied, recorded)
+
+
+def _states(
+    migrations: MigrationList, applied: list[str], recorded: dict[str, str]
+) -> list[Status]:
+    result = []
+    for m in migrations:
+        if m.id not in applied:
+            result.append(Status(m.id, "pending"))
+        elif m.id in recorded and recorded[m.id] != checksum(m):
+            result.append(Status(m.id, "changed"))
+        else:
+            result.append(Status(m.id, "applied"))
+    known = {m.id for m in migrations}
+    result += [Status(id, "missing") for id in applied if id not in known]
+    return result
+
+
+def status(url: DatabaseURL, directory: Path | None = None, connect_timeout: float = 5.0):
+    """`migrate list`: read-only, takes no lock (so it works while a run is going on)."""
+    migrations = read(directory)
+    with connect(url, connect_timeout) as con:
+        return status_of(con, migrations)
+
+
+class Runner:
+    """A migration run under the lock: `with Runner(url) as r: r.apply()`."""
+
+    def __init__(
+        self,
+        url: DatabaseURL,
+        directory: Path | None = None,
+        *,
+        lock_timeout: float = 60.0,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        self.url = url
+        self.directory = Path(directory or default_directory())
+        self.lock_timeout = lock_timeout
+        self.connect_timeout = connect_timeout
+        self.migrations = read(self.directory)
+        self._con: psycopg.Connection[Any] | None = None
+        self._guard: psycopg.Connection[Any] | None = None
+
+    def __enter__(self) -> Runner:
+        try:
+            self._open()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _open(self) -> None:
+        deadline = time.monotonic() + self.lock_timeout
+        con = self._con = connect(self.url, self.connect_timeout)
+        if con.info.server_version >= 140000:
+            # A runner killed mid-statement: its backend notices within a second and
+            # aborts, releasing the lock, instead of finishing a long statement first.
+            con.execute("SET client_connection_check_interval = '1s'")
+        self._lock(con)
+        self.backend = _backend_class(con)(parse_uri("postgresql+psycopg://"), "_yoyo_migration")
+        self.backend._is_locked = True  # we hold the real lock; yoyo's row is handled below
+        self.backend.init_database()
+        self._guard = connect(self.url, self.connect_timeout)
+        self._hold_yoyo_row(self._guard, deadline)
+        self.backend.ensure_internal_schema_updated()
+        con.execute(CREATE_CHECKSUM_TABLE)
+
+    def close(self) -> None:
+        for con in (self._guard, self._con):
+            if con is not None:
+                con.close()  # rolls back the yoyo row; ends the session, so the lock
+        self._guard = self._con = None
+
+    def _lock(self, con: psycopg.Connection[Any]) -> None:
+        if self.lock_timeout == 0:
+            got = con.execute("SELECT pg_try_advisory_lock(%s, %s)", LOCK_KEY).fetchone()
+            if got and got[0]:
+                return
+        else:
+            con.execute(f"SET lock_timeout = {max(1, int(self.lock_timeout * 1000))}")
+            try:
+                con.execute("SELECT pg_advisory_lock(%s, %s)", LOCK_KEY)
+                return
+            except errors.LockNotAvailable:
+                pass
+            finally:
+                con.execute("RESET lock_timeout")
+        raise MigrationError(
+            f"another migration run holds the lock ({self._holder(con)}); "
+            f"gave up after MIGRATE_LOCK_TIMEOUT={self.lock_timeout:g}s"
+        )
+
+    def _holder(self, con: psycopg.Connection[Any]) -> str:
+        row = con.execute(LOCK_HOLDER_QUERY, LOCK_KEY).fetchone()
+        if row is None:
+            return "holder already gone"
+        pid, app, addr, port, since = row
+        client = f"{addr}:{port}" if addr else "local socket"
+        started = f"{since:%Y-%m-%d %H:%M:%S %Z}"
+        return f"pid {pid}, application_name {app or '?'!r}, client {client}, since {started}"
+
+    def _hold_yoyo_row(self, guard: psycopg.Connection[Any], deadline: float) -> None:
+        """Plain `yoyo` runners wait on this uncommitted row; it vanishes with our session."""
+        while True:
+            guard.execute("BEGIN")
+            try:
+                guard.execute(YOYO_ROW_INSERT, (os.getpid(),))
+                return
+            except errors.UniqueViolation:
+                guard.execute("ROLLBACK")
+            if time.monotonic() >= deadline:
+                pid, ctime = guard.execute(YOYO_ROW_HOLDER).fetchone() or ("?", None)
+                raise MigrationError(
+                    f"yoyo's lock row is held by process {pid} since {ctime:%Y-%m-%d %H:%M:%S} "
+                    "UTC (a plain `yoyo apply` running, or one that crashed: then run "
+                    "`yoyo break-lock`)"
+                )
+            time.sleep(0.2)
+
+    # -- the work ------------------------------------------------------------------------
+
+    @property
+    def con(self) -> psycopg.Connection[Any]:
+        assert self._con is not None, "use the Runner in a with block"
+        return self._con
+
+    def status(self) -> list[Status]:
+        return status_of(self.con, self.migrations)
+
+    def _refuse_changed(self) -> None:
+        changed = [s.id for s in self.status() if s.state == "changed"]
+        if changed:
+            raise MigrationError(
+                f"{changed[0]}.sql was edited after it was applied (checksum differs); restore "
+                f"it, or accept the new content: python -m service migrate accept {changed[0]}"
+            )
+
+    def _adopt(self) -> list[str]:
+        """Record checksums for migrations applied without one (plain yoyo CLI)."""
+        applied = {r[0] for r in self.con.execute(APPLIED_QUERY)}
+        recorded = {r[0] for r in self.con.execute(CHECKSUMS_QUERY)}
+        adopted = []
+        for m in self.migrations:
+            if m.id in applied and m.id not in recorded:
+                self.con.execute(UPSERT_CHECKSUM, (m.id, checksum(m)))
+                adopted.append(m.id)
+        return adopted
+
+    def apply(self) -> list[str]:
+        """Apply every pending migration, each in its own transaction; returns their ids."""
+        self._refuse_changed()
+        for migration_id in self._adopt():
+            log.info("migrations.adopted %s", migration_id)
+        done = []
+        for m in self.backend.to_apply(self.migrations):
+            self._run(m, "apply")
+            done.append(m.id)
+        return done
+
+    def rollback(self, *, count: int = 1, to: str | None = None) -> list[str]:
+        """Roll back the newest `count` migrations (0 = all), or every one after `to`."""
+        self._refuse_changed()
+        applied = list(self.backend.to_rollback(self.migrations))
+        if to is not None:
+            ids = [m.id for m in applied]
+            if to not in ids:
+                known = {m.id for m in self.migrations}
+                why = "is not applied" if to in known else f"is not a migration in {self.directory}"
+                raise MigrationError(f"cannot roll back to {to}: it {why}")
+            applied = applied[: ids.index(to)]
+        elif count:
+            applied = applied[:count]
+        for m in applied:
+            self._run(m, "rollback")
+        return [m.id for m in applied]
+
+    def accept(self, ids: Sequence[str]) -> list[str]:
+        """Record the current content of edited migrations as the applied one."""
+        by_id = {m.id: m for m in self.migrations}
+        states = {s.id: s.state for s in self.status()}
+        for migration_id in ids:
+            if migration_id not in by_id:
+                raise MigrationError(f"no migration {migration_id} in {self.directory}")
+            if states[migration_id] == "pending":
+                raise MigrationError(f"{migration_id} is not applied; nothing to accept")
+        for migration_id in ids:
+            self.con.execute(UPSERT_CHECKSUM, (migration_id, checksum(by_id[migration_id])))
+        return list(ids)
+
+    def _run(self, m: Migration, direction: str) -> None:
+        m.load()
+        backend = self.backend
+        log.info("migrations.%s %s", direction, m.id)
+        if m.use_transactions:
+            # The steps and the bookkeeping commit together: applied exactly once, or not at all.
+            with backend.transaction():
+                self._steps(m, direction)
+                self._record(m, direction)
+        else:
+            with backend.disable_transactions():
+                self._steps(m, direction)
+            with backend.transaction():
+                self._record(m, direction)
+
+    def _steps(self, m: Migration, direction: str) -> None:
+        steps = list(m.steps or ())
+        if direction == "rollback":
+            steps.reverse()
+        for number, step in enumerate(steps, 1):
+            try:
+                getattr(step, direction)(self.backend)
+            except psycopg.Error as exc:
+                inner = getattr(step, "step", step)
+                sql = getattr(inner, "_" + direction, None)
+                statement = " ".join(str(sql).split()) if sql else "?"
+                if len(statement) > 120:
+                    statement = statement[:117] + "..."
+                kind = "rollback of" if direction == "rollback" else "migration"
+                file = Path(m.path).name
+                if direction == "rollback":
+                    file = file.removesuffix(".sql") + ".rollback.sql"
+                left = "rolled back, not recorded"
+                if not m.use_transactions:
+                    left = "NOT transactional: earlier statements stay applied, not recorded"
+                raise MigrationError(
+                    f"{kind} {file} failed at statement {number} `{statement}`: "
+                    f"{describe(exc, self.url)} ({left})"
+                ) from None
+
+    def _record(self, m: Migration, direction: str) -> None:
+        backend = self.backend
+        if direction == "apply":
+            backend.mark_one(m, log=False)
+            self.con.execute(UPSERT_CHECKSUM, (m.id, checksum(m)))
+        else:
+            backend.unmark_one(m, log=False)
+            self.con.execute(DELETE_CHECKSUM, (m.id,))
+        backend.log_migration(m, direction)
+
+
+def apply(url: DatabaseURL, directory: Path | None = None, lock_timeout: float = 60.0) -> int:
+    """Apply pending migrations; returns how many were applied."""
+    with Runner(url, directory, lock_timeout=lock_timeout) as runner:
+        return len(runner.apply())
+
+
+def new(name: str, directory: Path | None = None) -> tuple[Path, Path]:
+    """Create the next numbered pair NNNN_name.sql + NNNN_name.rollback.sql."""
+    if not _NAME.match(name):
+        raise MigrationError(f"migration name {name!r}: use lower-case letters, digits and _")
+    directory = Path(directory or default_directory())
+    if not directory.is_dir():
+        raise MigrationError(f"migrations directory {directory} does not exist")
+    numbers = [int(m.group(1)) for p in directory.glob("*.sql") if (m := _NUMBERED.match(p.name))]
+    stem = f"{max(numbers, default=0) + 1:04d}_{name}"
+    forward, backward = directory / f"{stem}.sql", directory / f"{stem}.rollback.sql"
+    forward.write_text(
+        f"-- {stem}: describe the change here.\n"
+        "-- Runs in one transaction. For CREATE INDEX CONCURRENTLY and the like, add a line\n"
+        "-- `-- transactional: false` at the top (see docs/migrations.md for the risk).\n"
+    )
+    backward.write_text(f"-- {stem} rollback: undo {stem}.sql, statements in reverse order.\n")
+    return forward, backward
+
+
+def startup_hook(settings: Settings) -> Callable[[asyncpg.Pool], Awaitable[None]]:
+    """Database.on_connected hook: DB_MIGRATE_ON_STARTUP, then log applied/pending counts."""
+
+    async def on_connected(pool: asyncpg.Pool) -> None:
+        if settings.migrate_on_startup:
+            # Under the same lock as the command; a failure keeps the service not ready
+            # (Database logs it and retries), never serving a half-migrated schema.
+            count = await asyncio.to_thread(
+                apply, settings.database_url, None, settings.migrate_lock_timeout
+            )
+            log.info("migrations.applied_on_startup count=%d", count)
+        migrations = read()
+        async with pool.acquire() as con:
+            yoyo_table, checksum_table = await con.fetchrow(TABLES_EXIST)
+            applied = [r[0] for r in await con.fetch(APPLIED_QUERY)] if yoyo_table else []
+            recorded = dict(await con.fetch(CHECKSUMS_QUERY)) if checksum_table else {}
+        states = [s.state for s in _states(migrations, applied, recorded)]
+        log.info(
+            "migrations.status applied=%d pending=%d changed=%d missing=%d",
+            states.count("applied"),
+            states.count("pending"),
+            states.count("changed"),
+            states.count("missing"),
+        )
+
+    return on_connected

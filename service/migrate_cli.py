@@ -1,0 +1,115 @@
+"""`python -m service migrate apply|rollback|list|new|accept`: one line per result or error."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import migrations
+from .migrations import MigrationError, Runner
+from .settings import DatabaseURL, Settings
+
+EXIT_FAILED = 1
+
+
+def add_command(commands: Any) -> None:
+    """Register `migrate` on the top-level parser's subcommands."""
+    migrate = commands.add_parser(
+        "migrate",
+        help="apply, roll back, list, create or accept SQL migrations (docs/migrations.md)",
+        description="Plain-SQL migrations (yoyo underneath) under an advisory lock, with "
+        "checksums of applied files. Reads DATABASE_URL and .env like the service.",
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--database", metavar="URL", help="overrides DATABASE_URL")
+    common.add_argument(
+        "--dir", type=Path, metavar="DIR", help="migrations folder (default: the shipped sql/)"
+    )
+    actions = migrate.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions.add_parser("apply", parents=[common], help="apply every pending migration")
+    rollback = actions.add_parser(
+        "rollback", parents=[common], help="roll back the newest migration"
+    )
+    target = rollback.add_mutually_exclusive_group()
+    target.add_argument("--all", action="store_true", help="roll back every migration")
+    target.add_argument("--to", metavar="REV", help="roll back every migration after REV")
+    actions.add_parser("list", parents=[common], help="applied / pending / changed, one a line")
+    new = actions.add_parser("new", parents=[common], help="create the next numbered pair")
+    new.add_argument("name", help="lower-case words joined by _, e.g. add_users")
+    accept = actions.add_parser(
+        "accept",
+        parents=[common],
+        help="accept the edited content of applied migrations (records the new checksum)",
+    )
+    accept.add_argument("ids", nargs="+", metavar="MIGRATION", help="e.g. 0002_add_users")
+    migrate.set_defaults(run=run)
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    """Run one migrate action; MigrationError becomes one line on stderr and exit 1."""
+    url = settings.database_url
+    if args.database:
+        url = DatabaseURL.parse(args.database, "--database")
+    try:
+        return _ACTIONS[args.action](settings, url, args)
+    except MigrationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _runner(settings: Settings, url: DatabaseURL, args: argparse.Namespace) -> Runner:
+    return Runner(
+        url,
+        args.dir,
+        lock_timeout=settings.migrate_lock_timeout,
+        connect_timeout=settings.connect_timeout,
+    )
+
+
+def _apply(settings: Settings, url: DatabaseURL, args: argparse.Namespace) -> int:
+    with _runner(settings, url, args) as runner:
+        applied = runner.apply()
+    for migration_id in applied:
+        print(f"applied {migration_id}")
+    print(f"{len(applied)} applied" if applied else "nothing to apply")
+    return 0
+
+
+def _rollback(settings: Settings, url: DatabaseURL, args: argparse.Namespace) -> int:
+    with _runner(settings, url, args) as runner:
+        undone = runner.rollback(count=0 if args.all else 1, to=args.to)
+    for migration_id in undone:
+        print(f"rolled back {migration_id}")
+    print(f"{len(undone)} rolled back" if undone else "nothing to roll back")
+    return 0
+
+
+def _list(settings: Settings, url: DatabaseURL, args: argparse.Namespace) -> int:
+    for line in migrations.status(url, args.dir, settings.connect_timeout):
+        print(f"{line.state:<8} {line.id}")
+    return 0
+
+
+def _new(settings: Settings, url: DatabaseURL, args: argparse.Namespace) -> int:
+    for path in migrations.new(args.name, args.dir):
+        print(f"created {path}")
+    return 0
+
+
+def _accept(settings: Settings, url: DatabaseURL, args: argparse.Namespace) -> int:
+    with _runner(settings, url, args) as runner:
+        accepted = runner.accept(args.ids)
+    for migration_id in accepted:
+        print(f"accepted {migration_id}")
+    return 0
+
+
+_ACTIONS = {
+    "apply": _apply,
+    "rollback": _rollback,
+    "list": _list,
+    "new": _new,
+    "accept": _accept,
+}
