@@ -1,0 +1,189 @@
+"""The service through a real PgBouncer in transaction mode, in front of a cluster we own.
+
+PgBouncer comes from the Debian package (`.ci/run` installs it); the test skips, saying
+why, only where the binary is absent. It runs as the cluster's unprivileged user, since
+PgBouncer refuses to run as root.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from service import create_app, db_connection
+from service.db import Database
+from tests.cluster import Cluster, _server_user, free_port
+from tests.conftest import running, test_settings
+
+BINARY = shutil.which("pgbouncer", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/usr/local/sbin")
+pytestmark = pytest.mark.skipif(
+    BINARY is None, reason="no pgbouncer binary (apt-get install -y pgbouncer; .ci/run does)"
+)
+
+CONFIG = """\
+[databases]
+* = host=127.0.0.1 port={server_port}
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {port}
+unix_socket_dir =
+auth_type = trust
+auth_file = {directory}/userlist.txt
+pool_mode = transaction
+default_pool_size = 4
+max_client_conn = 200
+logfile = {directory}/pgbouncer.log
+pidfile = {directory}/pgbouncer.pid
+{extra}
+"""
+
+
+def _version() -> tuple[int, int]:
+    out = subprocess.run([BINARY, "--version"], capture_output=True, text=True).stdout
+    match = re.search(r"PgBouncer (\d+)\.(\d+)", out)
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+
+
+def _wait_listening(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"pgbouncer exited: {log.read_text() if log.exists() else ''}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError("pgbouncer did not listen within 15 s")
+
+
+@pytest.fixture
+def pgbouncer(owned_cluster: Cluster) -> Iterator[str]:
+    """A transaction-mode PgBouncer in front of `owned_cluster`; yields its URL."""
+    directory = owned_cluster.data.parent / f"pgbouncer-{owned_cluster.port}"
+    directory.mkdir()
+    port = free_port()
+    # 1.21+ can track prepared statements (1.22+ does by default): turn it off, so what
+    # we show is what the service must cope with on any PgBouncer.
+    extra = "max_prepared_statements = 0" if _version() >= (1, 21) else ""
+    (directory / "pgbouncer.ini").write_text(
+        CONFIG.format(server_port=owned_cluster.port, port=port, directory=directory, extra=extra)
+    )
+    (directory / "userlist.txt").write_text('"postgres" ""\n')
+    user = _server_user()
+    kwargs = {}
+    if user is not None:
+        for path in (directory, *directory.iterdir()):
+            os.chown(path, user.pw_uid, user.pw_gid)
+        kwargs = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+    process = subprocess.Popen(
+        [BINARY, str(directory / "pgbouncer.ini")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        **kwargs,
+    )
+    try:
+        _wait_listening(port, process, directory / "pgbouncer.log")
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+async def _number(request: Request) -> JSONResponse:
+    async with db_connection(request) as con:
+        value = await con.fetchval("SELECT $1::int", int(request.path_params["n"]))
+        async with con.transaction():
+            await con.execute("SELECT pg_sleep(0)")
+            in_tx = await con.fetchval("SELECT $1::int + $2::int", value, 1)
+    return JSONResponse({"n": value, "next": in_tx})
+
+
+async def test_the_service_through_transaction_mode_under_load(pgbouncer: str) -> None:
+    app = create_app(test_settings(pgbouncer, statement_cache_size=0, pool_max_size=10))
+    app.router.routes.append(Route("/n/{n:int}", _number, methods=["GET"]))
+    async with running(app) as client:
+        database: Database = app.state.lifespan_state["db"]
+        assert await database.wait_connected(10)
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for n in range(200):
+            queue.put_nowait(n)
+        failures: list[str] = []
+        answered: set[int] = set()
+
+        async def worker() -> None:
+            while not queue.empty():
+                n = queue.get_nowait()
+                response = await client.get(f"/n/{n}")
+                if response.status_code != 200 or response.json() != {"n": n, "next": n + 1}:
+                    failures.append(f"/n/{n}: {response.status_code} {response.text}")
+                answered.add(n)
+                if n % 10 == 0:
+                    ready = await client.get("/api/v1/ready")
+                    if ready.status_code != 200:
+                        failures.append(f"/ready: {ready.status_code} {ready.text}")
+
+        await asyncio.gather(*(worker() for _ in range(50)))
+        metrics = (await client.get("/metrics")).text
+    assert failures == []
+    assert answered == set(range(200))
+    assert 'db_ready_checks_total{outcome="connected"} 20.0' in metrics
+    assert "db_connections_lost_total 0.0" in metrics
+
+
+async def test_statement_cache_breaks_in_transaction_mode(pgbouncer: str) -> None:
+    """Why DB_STATEMENT_CACHE_SIZE=0: asyncpg's named prepared statements live on one
+    server connection, and the next transaction may run on another."""
+    with pytest.raises(asyncpg.InvalidSQLStatementNameError, match="does not exist"):
+        await _repeat_after_its_server_is_taken(pgbouncer, statement_cache_size=100)
+
+
+async def test_the_same_query_passes_with_the_cache_off(pgbouncer: str) -> None:
+    assert await _repeat_after_its_server_is_taken(pgbouncer, statement_cache_size=0) == 2
+
+
+async def _repeat_after_its_server_is_taken(pgbouncer: str, statement_cache_size: int) -> int:
+    """Run a query, let another client hold that server connection in a transaction, and
+    run the query again: PgBouncer must hand the client a different server connection."""
+    query = "SELECT $1::int + 0 * pg_backend_pid()"
+    server_pid = "SELECT pg_backend_pid()"
+    client = await asyncpg.connect(pgbouncer, statement_cache_size=statement_cache_size)
+    others = [await asyncpg.connect(pgbouncer, statement_cache_size=0) for _ in range(3)]
+    try:
+        async with client.transaction():  # pin the server, so we know which one ran it
+            assert await client.fetchval(query, 1) == 1
+            first = await client.fetchval(server_pid)
+        holders = []
+        for other in others:  # the pool allows 4 server connections: one stays free
+            transaction = other.transaction()
+            await transaction.start()
+            holders.append(transaction)
+            if await other.fetchval(server_pid) == first:
+                break
+        else:
+            pytest.fail("no other client got the first server connection: check the setup")
+        try:
+            return await client.fetchval(query, 2)
+        finally:
+            for transaction in holders:
+                await transaction.rollback()
+    finally:
+        for con in (client, *others):
+            await con.close()
