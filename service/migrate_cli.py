@@ -59,6 +59,10 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_FAILED
 
 
+def _say(line: str) -> None:
+    print(line, flush=True)  # as each migration commits, so a later failure keeps the record
+
+
 def _runner(settings: Settings, url: DatabaseURL, args: argparse.Namespace) -> Runner:
     return Runner(
         url,
@@ -70,18 +74,14 @@ def _runner(settings: Settings, url: DatabaseURL, args: argparse.Namespace) -> R
 
 def _apply(settings: Settings, url: DatabaseURL, args: argparse.Namespace) -> int:
     with _runner(settings, url, args) as runner:
-        applied = runner.apply()
-    for migration_id in applied:
-        print(f"applied {migration_id}")
+        applied = runner.apply(report=_say)
     print(f"{len(applied)} applied" if applied else "nothing to apply")
     return 0
 
 
 def _rollback(settings: Settings, url: DatabaseURL, args: argparse.Namespace) -> int:
     with _runner(settings, url, args) as runner:
-        undone = runner.rollback(count=0 if args.all else 1, to=args.to)
-    for migration_id in undone:
-        print(f"rolled back {migration_id}")
+        undone = runner.rollback(count=0 if args.all else 1, to=args.to, report=_say)
     print(f"{len(undone)} rolled back" if undone else "nothing to roll back")
     return 0
 

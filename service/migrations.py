@@ -300,7 +300,7 @@ class Runner:
                 adopted.append(m.id)
         return adopted
 
-    def apply(self) -> list[str]:
+    def apply(self, report: Callable[[str], object] = log.info) -> list[str]:
         """Apply every pending migration, each in its own transaction; returns their ids."""
         self._refuse_changed()
         for migration_id in self._adopt():
@@ -308,10 +308,13 @@ class Runner:
         done = []
         for m in self.backend.to_apply(self.migrations):
             self._run(m, "apply")
+            report(f"applied {m.id}")
             done.append(m.id)
         return done
 
-    def rollback(self, *, count: int = 1, to: str | None = None) -> list[str]:
+    def rollback(
+        self, *, count: int = 1, to: str | None = None, report: Callable[[str], object] = log.info
+    ) -> list[str]:
         """Roll back the newest `count` migrations (0 = all), or every one after `to`."""
         self._refuse_changed()
         applied = list(self.backend.to_rollback(self.migrations))
@@ -326,6 +329,7 @@ class Runner:
             applied = applied[:count]
         for m in applied:
             self._run(m, "rollback")
+            report(f"rolled back {m.id}")
         return [m.id for m in applied]
 
     def accept(self, ids: Sequence[str]) -> list[str]:
@@ -344,7 +348,6 @@ class Runner:
     def _run(self, m: Migration, direction: str) -> None:
         m.load()
         backend = self.backend
-        log.info("migrations.%s %s", direction, m.id)
         if m.use_transactions:
             # The steps and the bookkeeping commit together: applied exactly once, or not at all.
             with backend.transaction():
