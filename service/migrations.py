@@ -22,25 +22,22 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import psycopg
-from psycopg import errors
 from psycopg.conninfo import conninfo_to_dict
 from yoyo import read_migrations
 from yoyo.backends.core.postgresql import PostgresqlPsycopgBackend
 from yoyo.connections import parse_uri
 from yoyo.migrations import Migration, MigrationList
 
+from . import migration_lock
 from .settings import DatabaseURL, Settings
 
 log = logging.getLogger("service.migrations")
 
-# pg_advisory_lock(int, int): shows in pg_locks as classid/objid with objsubid = 2.
-LOCK_KEY = (0x53564331, 1)  # "SVC1", migrations
 APPLICATION_NAME = "service-migrate"
 CHECKSUM_TABLE = "service_migration_checksums"
 
@@ -57,17 +54,6 @@ DELETE_CHECKSUM = f"DELETE FROM {CHECKSUM_TABLE} WHERE migration_id = %s"
 TABLES_EXIST = f"SELECT to_regclass('_yoyo_migration'), to_regclass('{CHECKSUM_TABLE}')"
 APPLIED_QUERY = "SELECT migration_id FROM _yoyo_migration ORDER BY applied_at_utc, migration_id"
 CHECKSUMS_QUERY = f"SELECT migration_id, checksum FROM {CHECKSUM_TABLE}"
-LOCK_HOLDER_QUERY = """
-SELECT a.pid, a.application_name, host(a.client_addr), a.client_port, a.backend_start
-FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid
-WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s AND l.objid = %s
-  AND l.objsubid = 2
-  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"""
-YOYO_ROW_INSERT = (
-    "INSERT INTO yoyo_lock (locked, ctime, pid) VALUES (1, now() AT TIME ZONE 'UTC', %s)"
-)
-YOYO_ROW_HOLDER = "SELECT pid, ctime FROM yoyo_lock"
-
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 _NUMBERED = re.compile(r"^(\d{4})_")
 
@@ -77,15 +63,14 @@ class MigrationError(Exception):
 
 
 def default_directory() -> Path:
-    """The SQL files shipped with the package, or sql/ beside service/ in a checkout.
+    """The SQL files shipped in the wheel (service/sql/), or sql/ beside service/ in a checkout.
 
-    (Run from a checkout, `service` is found on the current directory before the
-    installed mapping that makes sql/ importable as `service.sql`.)
+    A plain path rather than importlib.resources: `service.sql` has no __init__.py, and a
+    namespace package's resources are a MultiplexedPath, not a folder yoyo can read.
     """
-    try:
-        return Path(str(files("service.sql")))
-    except ModuleNotFoundError:
-        return Path(__file__).resolve().parent.parent / "sql"
+    package = Path(__file__).resolve().parent
+    shipped = package / "sql"
+    return shipped if shipped.is_dir() else package.parent / "sql"
 
 
 def checksum(migration: Migration) -> str:
@@ -195,6 +180,9 @@ class Runner:
     def __enter__(self) -> Runner:
         try:
             self._open()
+        except migration_lock.LockNotAcquired as exc:
+            self.close()
+            raise MigrationError(str(exc)) from None
         except BaseException:
             self.close()
             raise
@@ -210,12 +198,12 @@ class Runner:
             # A runner killed mid-statement: its backend notices within a second and
             # aborts, releasing the lock, instead of finishing a long statement first.
             con.execute("SET client_connection_check_interval = '1s'")
-        self._lock(con)
+        migration_lock.acquire(con, self.lock_timeout)
         self.backend = _backend_class(con)(parse_uri("postgresql+psycopg://"), "_yoyo_migration")
         self.backend._is_locked = True  # we hold the real lock; yoyo's row is handled below
         self.backend.init_database()
         self._guard = connect(self.url, self.connect_timeout)
-        self._hold_yoyo_row(self._guard, deadline)
+        migration_lock.hold_yoyo_row(self._guard, deadline)
         self.backend.ensure_internal_schema_updated()
         con.execute(CREATE_CHECKSUM_TABLE)
 
@@ -224,52 +212,6 @@ class Runner:
             if con is not None:
                 con.close()  # rolls back the yoyo row; ends the session, so the lock
         self._guard = self._con = None
-
-    def _lock(self, con: psycopg.Connection[Any]) -> None:
-        if self.lock_timeout == 0:
-            got = con.execute("SELECT pg_try_advisory_lock(%s, %s)", LOCK_KEY).fetchone()
-            if got and got[0]:
-                return
-        else:
-            con.execute(f"SET lock_timeout = {max(1, int(self.lock_timeout * 1000))}")
-            try:
-                con.execute("SELECT pg_advisory_lock(%s, %s)", LOCK_KEY)
-                return
-            except errors.LockNotAvailable:
-                pass
-            finally:
-                con.execute("RESET lock_timeout")
-        raise MigrationError(
-            f"another migration run holds the lock ({self._holder(con)}); "
-            f"gave up after MIGRATE_LOCK_TIMEOUT={self.lock_timeout:g}s"
-        )
-
-    def _holder(self, con: psycopg.Connection[Any]) -> str:
-        row = con.execute(LOCK_HOLDER_QUERY, LOCK_KEY).fetchone()
-        if row is None:
-            return "holder already gone"
-        pid, app, addr, port, since = row
-        client = f"{addr}:{port}" if addr else "local socket"
-        started = f"{since:%Y-%m-%d %H:%M:%S %Z}"
-        return f"pid {pid}, application_name {app or '?'!r}, client {client}, since {started}"
-
-    def _hold_yoyo_row(self, guard: psycopg.Connection[Any], deadline: float) -> None:
-        """Plain `yoyo` runners wait on this uncommitted row; it vanishes with our session."""
-        while True:
-            guard.execute("BEGIN")
-            try:
-                guard.execute(YOYO_ROW_INSERT, (os.getpid(),))
-                return
-            except errors.UniqueViolation:
-                guard.execute("ROLLBACK")
-            if time.monotonic() >= deadline:
-                pid, ctime = guard.execute(YOYO_ROW_HOLDER).fetchone() or ("?", None)
-                raise MigrationError(
-                    f"yoyo's lock row is held by process {pid} since {ctime:%Y-%m-%d %H:%M:%S} "
-                    "UTC (a plain `yoyo apply` running, or one that crashed: then run "
-                    "`yoyo break-lock`)"
-                )
-            time.sleep(0.2)
 
     # -- the work ------------------------------------------------------------------------
 

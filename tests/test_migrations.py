@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,15 @@ def test_shipped_files_are_found_and_pair_up() -> None:
     forward = {p.name for p in SHIPPED.glob("*.sql") if not p.name.endswith(".rollback.sql")}
     backward = {p.name.replace(".rollback", "") for p in SHIPPED.glob("*.rollback.sql")}
     assert forward == backward and "0001_baseline.sql" in forward
+
+
+def test_the_wheel_ships_sql_as_service_sql() -> None:
+    # Building a wheel takes seconds; the mapping it follows is checked here instead
+    # (docs/migrations.md shows the wheel listing and an install migrating from it).
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert config["package-dir"]["service.sql"] == "sql"
+    assert "service.sql" in config["packages"]
+    assert config["package-data"]["service.sql"] == ["*.sql"]
 
 
 # -- the command ---------------------------------------------------------------------------
@@ -500,6 +510,32 @@ def test_plain_yoyo_cli_on_the_same_tables(
     assert status == [["A", "0001_baseline"], ["A", "0002_things"], ["A", "0003_thing_one"]]
     plain("rollback", "--batch", "--all")
     assert cli(capsys, "list", *args)[1].count("pending") == 3
+
+
+def test_plain_yoyo_waits_for_our_run(empty_url: str, sql_dir: Path) -> None:
+    yoyo = Path(sys.executable).parent / "yoyo"
+    yoyo_url = DatabaseURL.parse(empty_url).with_scheme("postgresql+psycopg") or ""
+    with Runner(DatabaseURL.parse(empty_url), sql_dir) as runner:
+        plain = subprocess.Popen(
+            [str(yoyo), "apply", "--batch", "--database", yoyo_url, str(sql_dir)],
+            env=subprocess_env(),
+            cwd=sql_dir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 30
+        while not query(
+            empty_url,
+            "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND query LIKE '%INSERT INTO \"yoyo_lock\"%'",
+        ):
+            assert plain.poll() is None and time.monotonic() < deadline, plain.communicate()
+            time.sleep(0.05)
+        assert runner.apply(report=lambda line: None) == [m.id for m in runner.migrations]
+    assert plain.wait(60) == 0, plain.communicate()
+    plain.communicate()
+    assert apply_count(empty_url, "0002_things") == 1
 
 
 # -- service start-up ----------------------------------------------------------------------
