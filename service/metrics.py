@@ -12,13 +12,20 @@ multiprocess mode is not used).
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections.abc import Iterator
-from typing import Any
+from itertools import accumulate
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -32,58 +39,48 @@ READY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.8, 1
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+class _Histogram:
+    """Bucket counts for one label set; cumulated only at scrape time."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self, size: int) -> None:
+        self.counts = [0] * (size + 1)  # the last one is +Inf
+        self.total = 0.0
+
+
 class Metrics:
-    """The app's registry and its metric families."""
+    """The app's registry; the hot path only bumps plain numbers, read at scrape time.
+
+    Everything runs on the event loop's thread, so no locks: recording a request costs a
+    dict lookup, a bisect and three additions (prometheus_client's own Counter and
+    Histogram take a lock per increment, several microseconds per request together).
+    """
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.database: Database | None = None  # set by the lifespan
+        self.ready_checks: dict[str, int] = {}
+        self.ready_duration = _Histogram(len(READY_BUCKETS))
+        self.http: dict[tuple[str, str, int], _Histogram] = {}
         self.registry.register(PoolCollector(self))
-        self.ready_checks = Counter(
-            "db_ready_checks",
-            "Readiness checks of the database, by outcome (the readiness word).",
-            ["outcome"],
-            registry=self.registry,
-        )
-        self.ready_duration = Histogram(
-            "db_ready_check_duration_seconds",
-            "Time to answer a readiness check, within DB_READY_TIMEOUT.",
-            buckets=READY_BUCKETS,
-            registry=self.registry,
-        )
-        self.http_requests = Counter(
-            "http_requests",
-            "HTTP requests by route template, method and status.",
-            ["route", "method", "status"],
-            registry=self.registry,
-        )
-        self.http_duration = Histogram(
-            "http_request_duration_seconds",
-            "HTTP request latency by route template and method, until the response ends.",
-            ["route", "method"],
-            buckets=HTTP_BUCKETS,
-            registry=self.registry,
-        )
-        # labels() takes a lock and builds a key each time; keep the children we made.
-        self._requests: dict[tuple[str, str, int], Any] = {}
-        self._durations: dict[tuple[str, str], Any] = {}
+        self.registry.register(RequestCollector(self))
 
     def observe_ready(self, outcome: str, seconds: float) -> None:
-        self.ready_checks.labels(outcome).inc()
-        self.ready_duration.observe(seconds)
+        self.ready_checks[outcome] = self.ready_checks.get(outcome, 0) + 1
+        histogram = self.ready_duration
+        histogram.counts[bisect_left(READY_BUCKETS, seconds)] += 1
+        histogram.total += seconds
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         if method not in METHODS:
             method = "other"  # clients choose methods; keep label values bounded
         key = (route, method, status)
-        requests = self._requests.get(key)
-        if requests is None:
-            requests = self._requests[key] = self.http_requests.labels(route, method, str(status))
-        requests.inc()
-        duration = self._durations.get(key[:2])
-        if duration is None:
-            duration = self._durations[key[:2]] = self.http_duration.labels(route, method)
-        duration.observe(seconds)
+        histogram = self.http.get(key)
+        if histogram is None:
+            histogram = self.http[key] = _Histogram(len(HTTP_BUCKETS))
+        histogram.counts[bisect_left(HTTP_BUCKETS, seconds)] += 1
+        histogram.total += seconds
 
     async def endpoint(self, request: Request) -> Response:
         """GET /metrics: the Prometheus text format."""
@@ -92,6 +89,60 @@ class Metrics:
             media_type=CONTENT_TYPE_LATEST,
             headers={"Cache-Control": "no-store"},
         )
+
+
+def _buckets(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, float]]:
+    cumulative = list(accumulate(counts))
+    return [(floatToGoString(b), c) for b, c in zip(bounds, cumulative, strict=False)] + [
+        ("+Inf", cumulative[-1])
+    ]
+
+
+class RequestCollector(Collector):
+    """HTTP and readiness families, built from the plain numbers at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.metrics
+        checks = CounterMetricFamily(
+            "db_ready_checks",
+            "Readiness checks of the database, by outcome (the readiness word).",
+            labels=["outcome"],
+        )
+        for outcome, count in sorted(m.ready_checks.items()):
+            checks.add_metric([outcome], count)
+        yield checks
+        ready = m.ready_duration
+        yield HistogramMetricFamily(
+            "db_ready_check_duration_seconds",
+            "Time to answer a readiness check, within DB_READY_TIMEOUT.",
+            buckets=_buckets(READY_BUCKETS, ready.counts),
+            sum_value=ready.total,
+        )
+        requests = CounterMetricFamily(
+            "http_requests",
+            "HTTP requests by route template, method and status.",
+            labels=["route", "method", "status"],
+        )
+        by_route: dict[tuple[str, str], _Histogram] = {}
+        for (route, method, status), histogram in sorted(m.http.items()):
+            requests.add_metric([route, method, str(status)], sum(histogram.counts))
+            merged = by_route.setdefault((route, method), _Histogram(len(HTTP_BUCKETS)))
+            merged.counts = [a + b for a, b in zip(merged.counts, histogram.counts, strict=True)]
+            merged.total += histogram.total
+        yield requests
+        duration = HistogramMetricFamily(
+            "http_request_duration_seconds",
+            "HTTP request latency by route template and method, until the response ends.",
+            labels=["route", "method"],
+        )
+        for (route, method), histogram in by_route.items():
+            duration.add_metric(
+                [route, method], _buckets(HTTP_BUCKETS, histogram.counts), histogram.total
+            )
+        yield duration
 
 
 class PoolCollector(Collector):
