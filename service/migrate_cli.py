@@ -7,8 +7,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from . import migrations
-from .migrations import MigrationError, Runner
+from .migrations import MigrationError, Runner, describe
 from .settings import DatabaseURL, Settings
 
 EXIT_FAILED = 1
@@ -56,6 +58,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         return _ACTIONS[args.action](settings, url, args)
     except MigrationError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except psycopg.Error as exc:  # the connection lost mid-run, a deadlock, a permission
+        print(f"error: {url.redacted}: {describe(exc, url)}", file=sys.stderr)
         return EXIT_FAILED
 
 

@@ -29,6 +29,8 @@ YOYO_ROW_INSERT = (
 )
 YOYO_ROW_HOLDER = "SELECT pid, ctime FROM yoyo_lock"
 YOYO_ROW_POLL = 0.2
+LOCK_POLL_FIRST = 0.05
+LOCK_POLL_MAX = 0.5
 
 
 class LockNotAcquired(Exception):
@@ -36,25 +38,26 @@ class LockNotAcquired(Exception):
 
 
 def acquire(con: psycopg.Connection[Any], timeout: float) -> None:
-    """Take the advisory lock for this session, waiting at most `timeout` s (0: no wait)."""
-    if timeout == 0:
+    """Take the advisory lock for this session, waiting at most `timeout` s (0: no wait).
+
+    Polls pg_try_advisory_lock rather than blocking in pg_advisory_lock: a blocked call
+    is a running statement with a snapshot, and CREATE INDEX CONCURRENTLY in the holder's
+    migration waits for every older snapshot: holder and waiter would deadlock.
+    """
+    deadline = time.monotonic() + timeout
+    interval = LOCK_POLL_FIRST
+    while True:
         got = con.execute("SELECT pg_try_advisory_lock(%s, %s)", LOCK_KEY).fetchone()
         if got and got[0]:
             return
-    else:
-        # lock_timeout bounds the wait in the server: no polling, and the queue stays fair.
-        con.execute(f"SET lock_timeout = {max(1, int(timeout * 1000))}")
-        try:
-            con.execute("SELECT pg_advisory_lock(%s, %s)", LOCK_KEY)
-            return
-        except errors.LockNotAvailable:
-            pass
-        finally:
-            con.execute("RESET lock_timeout")
-    raise LockNotAcquired(
-        f"another migration run holds the lock ({holder(con)}); "
-        f"gave up after MIGRATE_LOCK_TIMEOUT={timeout:g}s"
-    )
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise LockNotAcquired(
+                f"another migration run holds the lock ({holder(con)}); "
+                f"gave up after MIGRATE_LOCK_TIMEOUT={timeout:g}s"
+            )
+        time.sleep(min(interval, left))
+        interval = min(interval * 2, LOCK_POLL_MAX)
 
 
 def holder(con: psycopg.Connection[Any]) -> str:

@@ -111,7 +111,7 @@ def describe(exc: BaseException, url: DatabaseURL | None = None) -> str:
     diag = getattr(exc, "diag", None)
     text = (diag.message_primary if diag is not None else None) or str(exc) or type(exc).__name__
     line = next((part.strip() for part in text.splitlines() if part.strip()), text)
-    line = line.removeprefix("connection failed: ")
+    line = line.removeprefix("connection failed: ").replace("FATAL:  ", "")
     password = conninfo_to_dict(url.value or "").get("password") if url else None
     return line.replace(str(password), "***") if password else line
 

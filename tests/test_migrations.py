@@ -427,6 +427,14 @@ def test_concurrent_runners_apply_each_migration_once(empty_url: str, sql_dir: P
         "CREATE TABLE slow (id int);\nDO $$ BEGIN PERFORM pg_sleep(0.3); END $$;\n",
         "DROP TABLE slow;",
     )
+    # Non-transactional CREATE INDEX CONCURRENTLY waits for every older snapshot: a waiting
+    # runner must not hold one (pg_advisory_lock blocking in a statement would deadlock).
+    write(
+        sql_dir,
+        "0005_index",
+        "-- transactional: false\nCREATE INDEX CONCURRENTLY slow_id ON slow (id);\n",
+        "DROP INDEX CONCURRENTLY slow_id;",
+    )
     runners = [migrate_process(empty_url, sql_dir, "apply") for _ in range(4)]
     results = [(r.wait(60), *r.communicate()) for r in runners]
     assert [code for code, _, _ in results] == [0] * 4, results
@@ -436,8 +444,9 @@ def test_concurrent_runners_apply_each_migration_once(empty_url: str, sql_dir: P
         "applied 0002_things",
         "applied 0003_thing_one",
         "applied 0004_slow",
+        "applied 0005_index",
     ]
-    for migration_id in ("0001_baseline", "0002_things", "0003_thing_one", "0004_slow"):
+    for migration_id in ("0002_things", "0003_thing_one", "0004_slow", "0005_index"):
         assert apply_count(empty_url, migration_id) == 1
     assert query(empty_url, "SELECT count(*) FROM things") == [(1,)]
 
