@@ -48,13 +48,29 @@ class DatabaseUnavailable(Exception):
 class Connection(asyncpg.Connection):
     """An asyncpg connection that knows its age, so the pool can retire old ones."""
 
-    __slots__ = ("opened_at", "closed_by_us")
+    __slots__ = ("opened_at", "closed_by_us", "_nothing_to_reset")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.opened_at = time.monotonic()
         # Metrics: a close we start (retire, expire, timeout, shutdown) is not a "lost" one.
         self.closed_by_us = False
+        self._nothing_to_reset = False
+
+    def skip_next_reset(self) -> None:
+        """Only `SELECT 1` ran since acquire: release without the reset round trip.
+
+        asyncpg resets every released connection (advisory locks, cursors, LISTEN, SET);
+        after the readiness query there is nothing to reset, and the round trip was half
+        of each check's time, with every waiting probe parked behind it.
+        """
+        self._nothing_to_reset = True
+
+    def get_reset_query(self) -> str:
+        if self._nothing_to_reset:
+            self._nothing_to_reset = False
+            return ""
+        return super().get_reset_query()
 
     async def close(self, *, timeout: float | None = None) -> None:
         self.closed_by_us = self.closed_by_us or not self.is_closed()
@@ -120,16 +136,22 @@ class _PooledConnection:
         con, self._con = self._con, None
         if con is None:
             return
-        if exc is not None and isinstance(exc, _BROKEN):
-            # A timed-out or cancelled query leaves the connection mid-protocol; a normal
-            # release would wait for the server to confirm the cancel, which a hung server
-            # never does. Closing the socket is immediate and the pool opens a fresh one.
-            con.terminate()
-        elif time.monotonic() - con.opened_at > self._db.max_lifetime > 0:
-            # The original design's hourly recycle: retire old connections at release,
-            # so the caller never waits for the replacement.
-            await con.close(timeout=self._db.settings.close_timeout)
-        await self._pool.release(con)  # type: ignore[union-attr]
+        try:
+            if exc is not None and isinstance(exc, _BROKEN):
+                # A timed-out or cancelled query leaves the connection mid-protocol; a normal
+                # release would wait for the server to confirm the cancel, which a hung server
+                # never does. Closing the socket is immediate and the pool opens a fresh one.
+                con.terminate()
+            elif time.monotonic() - con.opened_at > self._db.max_lifetime > 0:
+                # The original design's hourly recycle: retire old connections at release,
+                # so the caller never waits for the replacement.
+                await con.close(timeout=self._db.settings.close_timeout)
+            await self._pool.release(con)  # type: ignore[union-attr]
+        except Exception:
+            # The reset or close failed (the server went away meanwhile): the connection is
+            # dropped, and the handler's own outcome stands.
+            if not con.is_closed():
+                con.terminate()
 
 
 class Database:
@@ -148,7 +170,9 @@ class Database:
         # (start-up migrations, the migration status log).
         self.on_connected: list[Callable[[asyncpg.Pool], Awaitable[None]]] = []
         self._connector: asyncio.Task[None] | None = None
-        self._check: asyncio.Task[str] | None = None
+        self._check: asyncio.Task[None] | None = None
+        self._flight: list[asyncio.Future[str | None]] | None = None  # waiting probes
+        self._flight_timer: asyncio.TimerHandle | None = None
         self._closing = False
         # Plain counts, read by service/metrics.py at scrape time: no cost per query.
         self.connections_opened = 0
@@ -202,7 +226,9 @@ class Database:
 
     async def _connection_opened(self, con: Connection) -> None:
         self.connections_opened += 1
-        con.add_termination_listener(self._connection_ended)
+        # The listener is called with the pool's proxy when the connection is checked out,
+        # and that proxy may already be detached: keep the connection itself.
+        con.add_termination_listener(lambda _: self._connection_ended(con))
 
     def _connection_ended(self, con: Connection) -> None:
         if con.closed_by_us:
@@ -255,24 +281,51 @@ class Database:
         """
         if self.pool is None or self._closing:
             return CLOSED if self._closing else self.state
-        deadline = self.settings.ready_timeout
-        check = self._check
-        if check is None:
-            check = self._check = asyncio.get_running_loop().create_task(self._check_once())
-            check.add_done_callback(self._check_done)
-        done, _ = await asyncio.wait((check,), timeout=deadline)
-        if not done:
-            result = TIMEOUT
-        elif check.cancelled():
-            return CLOSED
+        # This runs for every probe: a joiner costs one bare future, not a task and an
+        # asyncio.wait. Every waiter of a flight arrived after the flight's timer was set,
+        # so that one timer keeps each probe within `ready_timeout` of its arrival.
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[str | None] = loop.create_future()
+        flight = self._flight
+        if flight is None:
+            flight = self._flight = [waiter]
+            self._flight_timer = loop.call_later(
+                self.settings.ready_timeout, self._answer, flight, TIMEOUT
+            )
+            if self._check is None:
+                # Else the last check overran its own timeout: this flight waits for it.
+                self._check = loop.create_task(self._run_check())
         else:
-            result = check.result()
-        self._set_state(result)
-        return result
+            flight.append(waiter)
+        result = await waiter
+        return CLOSED if result is None else result
 
-    def _check_done(self, task: asyncio.Task[str]) -> None:
-        if self._check is task:
+    def _answer(self, flight: list[asyncio.Future[str | None]], result: str | None) -> None:
+        """Resolve a flight's waiters, once; `None` means the check was cancelled (close)."""
+        if self._flight is flight:
+            self._flight = None
+        if result is not None:
+            self._set_state(result)
+        for waiter in flight:
+            if not waiter.done():  # a probe whose request was cancelled
+                waiter.set_result(result)
+
+    async def _run_check(self) -> None:
+        result: str | None = ERROR
+        try:
+            result = await self._check_once()
+        except asyncio.CancelledError:
+            result = None
+            raise
+        except Exception as exc:
+            result = classify(exc)
+        finally:
+            # In the step that produced the result, so no later probe can join this check.
             self._check = None
+            flight = self._flight
+            if flight is not None:
+                self._flight_timer.cancel()  # type: ignore[union-attr]
+                self._answer(flight, result)
 
     async def _check_once(self) -> str:
         timeout = self.settings.ready_timeout
@@ -280,6 +333,7 @@ class Database:
             async with asyncio.timeout(timeout):
                 async with self.connection(timeout=timeout) as con:
                     await con.fetchval(READY_QUERY)
+                    con.skip_next_reset()
         except DatabaseUnavailable as exc:
             result = exc.reason
         except Exception as exc:
@@ -300,6 +354,9 @@ class Database:
             await asyncio.gather(self._connector, return_exceptions=True)
         if self._check is not None:
             self._check.cancel()
+        if self._flight is not None:  # a check cancelled before its first step
+            self._flight_timer.cancel()  # type: ignore[union-attr]
+            self._answer(self._flight, None)
         pool, self.pool = self.pool, None
         if pool is None:
             return
