@@ -30,10 +30,12 @@ ensure_venv() {
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
         echo "==> installing .[$extras] into .venv" >&2
         .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip >/dev/null 2>&1 || true
-        .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[$extras]" 2>&1 |
-            grep -v "^WARNING: Location" >&2 || true
-        .venv/bin/python -c "import service, asyncpg, starlette, yoyo" ||
-            { echo "error: installing .[$extras] failed" >&2; return 1; }
+        if ! .venv/bin/python -m pip install --disable-pip-version-check -e ".[$extras]" \
+            >.venv/install.log 2>&1; then
+            tail -n 30 .venv/install.log >&2
+            echo "error: installing .[$extras] failed (full log: .venv/install.log)" >&2
+            return 1
+        fi
         echo "$want" >"$stamp"
     fi
 }
