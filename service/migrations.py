@@ -199,13 +199,15 @@ class Runner:
             # aborts, releasing the lock, instead of finishing a long statement first.
             con.execute("SET client_connection_check_interval = '1s'")
         migration_lock.acquire(con, self.lock_timeout)
+        # First, so that a role without CREATE on the schema hears so plainly (yoyo's own
+        # set-up swallows that error and fails later on a missing yoyo_lock).
+        con.execute(CREATE_CHECKSUM_TABLE)
         self.backend = _backend_class(con)(parse_uri("postgresql+psycopg://"), "_yoyo_migration")
         self.backend._is_locked = True  # we hold the real lock; yoyo's row is handled below
         self.backend.init_database()
         self._guard = connect(self.url, self.connect_timeout)
         migration_lock.hold_yoyo_row(self._guard, deadline)
         self.backend.ensure_internal_schema_updated()
-        con.execute(CREATE_CHECKSUM_TABLE)
 
     def close(self) -> None:
         for con in (self._guard, self._con):

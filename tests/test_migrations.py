@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -287,6 +288,26 @@ def test_password_never_printed_when_the_database_is_down_or_refuses(
     assert code == 1 and err.count("\n") == 1
     assert "nobody" in err and "***" in err
     assert "Sup3rSecret" not in out + err
+
+
+def test_a_database_error_mid_run_is_one_line(
+    capsys: pytest.CaptureFixture[str], server: Server, empty_url: str
+) -> None:
+    role = "svc_test_ro_" + uuid.uuid4().hex[:8]
+    with server.admin() as con:
+        con.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'Sup3rSecret'")
+    with psycopg.connect(empty_url, autocommit=True) as con:
+        con.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")  # the default before PG 15
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(empty_url)
+        url = f"postgresql://{role}:Sup3rSecret@{info['host']}:{info['port']}/{info['dbname']}"
+        code, out, err = cli(capsys, "apply", "--database", url, "--dir", str(SHIPPED))
+    finally:
+        with server.admin() as con:
+            con.execute(f"DROP ROLE {role}")
+    assert (code, out) == (1, "")
+    redacted = f"postgresql://{role}:***@{info['host']}:{info['port']}/{info['dbname']}"
+    assert err == f"error: {redacted}: permission denied for schema public\n"
 
 
 def test_bad_url_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
