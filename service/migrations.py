@@ -200,8 +200,10 @@ class Runner:
             con.execute("SET client_connection_check_interval = '1s'")
         migration_lock.acquire(con, self.lock_timeout)
         # First, so that a role without CREATE on the schema hears so plainly (yoyo's own
-        # set-up swallows that error and fails later on a missing yoyo_lock).
-        con.execute(CREATE_CHECKSUM_TABLE)
+        # set-up swallows that error and fails later on a missing yoyo_lock). Only when
+        # missing: CREATE ... IF NOT EXISTS still checks the privilege.
+        if (con.execute(TABLES_EXIST).fetchone() or (None, None))[1] is None:
+            con.execute(CREATE_CHECKSUM_TABLE)
         self.backend = _backend_class(con)(parse_uri("postgresql+psycopg://"), "_yoyo_migration")
         self.backend._is_locked = True  # we hold the real lock; yoyo's row is handled below
         self.backend.init_database()
