@@ -46,6 +46,7 @@ auth_file = {directory}/userlist.txt
 pool_mode = transaction
 default_pool_size = 4
 max_client_conn = 200
+server_login_retry = 1
 logfile = {directory}/pgbouncer.log
 pidfile = {directory}/pgbouncer.pid
 {extra}
@@ -187,3 +188,30 @@ async def _repeat_after_its_server_is_taken(pgbouncer: str, statement_cache_size
     finally:
         for con in (client, *others):
             await con.close()
+
+
+@pytest.mark.fault
+async def test_readiness_through_pgbouncer_when_postgres_restarts(
+    pgbouncer: str, owned_cluster: Cluster
+) -> None:
+    app = create_app(test_settings(pgbouncer, statement_cache_size=0))
+    app.router.routes.append(Route("/n/{n:int}", _number, methods=["GET"]))
+    async with running(app) as client:
+        database: Database = app.state.lifespan_state["db"]
+        assert await database.wait_connected(10)
+        assert (await client.get("/api/v1/ready")).status_code == 200
+        owned_cluster.stop()
+        words = []
+        for _ in range(3):
+            response = await client.get("/api/v1/ready")
+            assert response.status_code == 503
+            words.append(response.json()["dependencies"]["db"])
+        # PgBouncer keeps the client connection and queues the query (timeout), or fails
+        # it at once while its server logins fail (disconnected).
+        assert set(words) <= {"timeout", "disconnected"}
+        owned_cluster.start()
+        # Back by itself once PgBouncer logs in again (server_login_retry).
+        async with asyncio.timeout(30):
+            while (await client.get("/api/v1/ready")).status_code != 200:
+                await asyncio.sleep(0.1)
+        assert (await client.get("/n/7")).json() == {"n": 7, "next": 8}
