@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from service import create_app
 from service.db import Database
+from service.metrics import HTTPMetrics, Metrics
 from service.settings import Settings
 from tests.cluster import Cluster
 from tests.conftest import running, test_settings
@@ -204,3 +205,15 @@ async def test_several_workers_are_announced_once(caplog: pytest.LogCaptureFixtu
     assert [r.getMessage() for r in caplog.records if "metrics.per_worker" in r.getMessage()] == [
         "metrics.per_worker workers=4: /metrics shows one worker"
     ]
+
+
+async def test_non_http_scopes_pass_through_uncounted() -> None:
+    seen: list[str] = []
+
+    async def inner(scope, receive, send) -> None:  # noqa: ANN001
+        seen.append(scope["type"])
+
+    metrics = Metrics()
+    await HTTPMetrics(inner, metrics)({"type": "lifespan"}, None, None)
+    assert seen == ["lifespan"]
+    assert metrics.http == {}
