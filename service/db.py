@@ -331,7 +331,9 @@ class Database:
         timeout = self.settings.ready_timeout
         try:
             async with asyncio.timeout(timeout):
-                async with self.connection(timeout=timeout) as con:
+                # No acquire timeout of its own: the one above bounds it, and asyncpg's
+                # wait_for would add a task to every check (Python < 3.12).
+                async with _PooledConnection(self, None) as con:
                     await con.fetchval(READY_QUERY)
                     con.skip_next_reset()
         except DatabaseUnavailable as exc:
