@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import http.client
 import os
+import random
 import re
 import shutil
 import signal
@@ -44,6 +45,10 @@ MIN_READY_THROUGHPUT = 0.95  # x liveness req/s
 MAX_READY_P99 = 1.2  # x liveness p99
 MAX_HELPER_OVERHEAD = 0.05  # over a bare pool
 MAX_RSS_GROWTH_MB = 5.0  # after 100k requests, over idle
+
+# One wrk thread drives 64 connections at these rates; a second would take CPU from the
+# service and PostgreSQL on a 2-core machine.
+WRK_THREADS = int(os.environ.get("BENCH_WRK_THREADS", "1"))
 
 
 # -- the PostgreSQL server ---------------------------------------------------------------
@@ -166,7 +171,7 @@ def _ms(text: str) -> float:
 
 def wrk(url: str, connections: int, seconds: float) -> Load:
     out = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+        ["wrk", f"-t{WRK_THREADS}", f"-c{connections}", f"-d{seconds}s", "--latency", url],
         capture_output=True,
         text=True,
         check=True,
@@ -246,8 +251,8 @@ def median_load(runs: list[Load]) -> Load:
 # -- the helper vs a bare pool, in-process -----------------------------------------------
 
 
-async def helper_vs_bare(url: str, iterations: int, rounds: int) -> tuple[float, float]:
-    """Median µs per `acquire; SELECT 1; release`: (our helper, a bare asyncpg pool)."""
+async def helper_vs_bare(url: str, iterations: int, rounds: int) -> tuple[list[float], list[float]]:
+    """µs per `acquire; SELECT 1; release`, one figure a round: (our helper, a bare pool)."""
     settings = Settings.from_env({"DATABASE_URL": url}, env_file=None)
     s = settings
     bare = await asyncpg.create_pool(
@@ -277,20 +282,27 @@ async def helper_vs_bare(url: str, iterations: int, rounds: int) -> tuple[float,
                     await con.fetchval(READY_QUERY)
             return (time.perf_counter() - started) / n * 1e6
 
-        await helper(iterations // 4)
-        await plain(iterations // 4)
+        await helper(iterations)
+        await plain(iterations)
         ours: list[float] = []
         theirs: list[float] = []
-        for i in range(rounds):
-            # ABBA: neither side always runs first (warmer caches, a quieter neighbour).
-            if i % 2:
+        order = random.Random(5)
+        for _ in range(rounds):
+            # Short rounds in a random order: a fixed order (even ABBA) with long rounds
+            # showed the same code on the same pool 5-10 % apart on this shared machine.
+            if order.random() < 0.5:
                 theirs.append(await plain(iterations))
                 ours.append(await helper(iterations))
             else:
                 ours.append(await helper(iterations))
                 theirs.append(await plain(iterations))
     await bare.close()
-    return statistics.median(ours), statistics.median(theirs)
+    return ours, theirs
+
+
+def paired(ours: list[float], theirs: list[float]) -> float:
+    """Median of the per-round ratios: neighbours share the machine's mood, rounds do not."""
+    return statistics.median(a / b for a, b in zip(ours, theirs, strict=True))
 
 
 # -- the run -----------------------------------------------------------------------------
@@ -303,11 +315,11 @@ def verdict(ok: bool) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
     parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--seconds", type=float, default=4, help="per load run")
-    parser.add_argument("--rounds", type=int, default=3, help="load runs per route")
+    parser.add_argument("--seconds", type=float, default=3, help="per load run")
+    parser.add_argument("--rounds", type=int, default=5, help="load runs per route")
     parser.add_argument("--requests", type=int, default=100_000, help="before the RSS reading")
-    parser.add_argument("--iterations", type=int, default=4000, help="per helper/pool round")
-    parser.add_argument("--pool-rounds", type=int, default=8)
+    parser.add_argument("--iterations", type=int, default=200, help="per helper/pool round")
+    parser.add_argument("--pool-rounds", type=int, default=80)
     args = parser.parse_args(argv)
 
     tool = "wrk" if shutil.which("wrk") else "python"
@@ -348,12 +360,13 @@ def main(argv: list[str] | None = None) -> int:
             service.stop()
 
         print("helper vs bare pool, in-process", file=sys.stderr)
-        ours_us, bare_us = _run_loop(helper_vs_bare(url, args.iterations, args.pool_rounds))
+        ours, theirs = _run_loop(helper_vs_bare(url, args.iterations, args.pool_rounds))
 
     health, ready = median_load(runs[HEALTH]), median_load(runs[READY])
-    throughput = ready.rps / health.rps
-    p99 = ready.p99_ms / health.p99_ms
-    overhead = ours_us / bare_us - 1
+    throughput = paired([r.rps for r in runs[READY]], [h.rps for h in runs[HEALTH]])
+    p99 = paired([r.p99_ms for r in runs[READY]], [h.p99_ms for h in runs[HEALTH]])
+    ours_us, bare_us = statistics.median(ours), statistics.median(theirs)
+    overhead = paired(ours, theirs) - 1
     growth = rss_after - rss_idle
 
     rows = [
@@ -379,9 +392,12 @@ def main(argv: list[str] | None = None) -> int:
     ]  # fmt: skip
 
     print()
+    generator = f"wrk -t{WRK_THREADS}" if tool == "wrk" else "the Python load generator"
     print(
-        f"{args.connections} connections, {args.rounds} x {args.seconds:g} s per route "
-        f"(medians), load generator: {tool}, postgres: {where}, {os.cpu_count()} CPUs"
+        f"{os.cpu_count()} CPUs, postgres: {where}, load: {generator}, {args.connections} "
+        f"connections, {args.rounds} alternating runs of {secs:g} s per route; helper: "
+        f"{args.pool_rounds} alternating rounds of {args.iterations} ops. Figures are "
+        "medians; ratios are medians of neighbouring pairs."
     )
     print()
     print(_table(("measure", "result", ""), rows))
