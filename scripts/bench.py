@@ -251,9 +251,12 @@ def median_load(runs: list[Load]) -> Load:
 # -- the helper vs a bare pool, in-process -----------------------------------------------
 
 
-async def helper_vs_bare(url: str, iterations: int, rounds: int) -> tuple[list[float], list[float]]:
+async def helper_vs_bare(
+    env: dict[str, str], iterations: int, rounds: int
+) -> tuple[list[float], list[float]]:
     """µs per `acquire; SELECT 1; release`, one figure a round: (our helper, a bare pool)."""
-    settings = Settings.from_env({"DATABASE_URL": url}, env_file=None)
+    settings = Settings.from_env(env, ROOT / ".env")  # what the service read
+    url = settings.database_url.value
     s = settings
     bare = await asyncpg.create_pool(
         dsn=url,
@@ -320,9 +323,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=100_000, help="before the RSS reading")
     parser.add_argument("--iterations", type=int, default=200, help="per helper/pool round")
     parser.add_argument("--pool-rounds", type=int, default=80)
+    parser.add_argument(
+        "--load", choices=("wrk", "python"), help="the load generator (default: wrk if found)"
+    )
     args = parser.parse_args(argv)
 
-    tool = "wrk" if shutil.which("wrk") else "python"
+    tool = args.load or ("wrk" if shutil.which("wrk") else "python")
     load = wrk if tool == "wrk" else python_load
     secs = int(args.seconds) if tool == "wrk" else args.seconds
     total_started = time.perf_counter()
@@ -360,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
             service.stop()
 
         print("helper vs bare pool, in-process", file=sys.stderr)
-        ours, theirs = _run_loop(helper_vs_bare(url, args.iterations, args.pool_rounds))
+        ours, theirs = _run_loop(helper_vs_bare(service.env, args.iterations, args.pool_rounds))
 
     health, ready = median_load(runs[HEALTH]), median_load(runs[READY])
     throughput = paired([r.rps for r in runs[READY]], [h.rps for h in runs[HEALTH]])
