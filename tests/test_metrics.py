@@ -13,11 +13,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from service import create_app
-from service.db import Database
 from service.metrics import HTTPMetrics, Metrics
 from service.settings import Settings
 from tests.cluster import Cluster
-from tests.conftest import running, test_settings
+from tests.conftest import running, started, test_settings
 
 UNREACHABLE = "postgresql://app@127.0.0.1:1/orders"
 
@@ -33,12 +32,6 @@ async def scrape(client: httpx.AsyncClient) -> dict[tuple[str, tuple[tuple[str, 
     return samples
 
 
-async def _started(app) -> Database:  # noqa: ANN001
-    database: Database = app.state.lifespan_state["db"]
-    assert await database.wait_connected(10)
-    return database
-
-
 async def _until(predicate, seconds: float = 15.0) -> None:  # noqa: ANN001
     """Wait for a condition the server side settles on its own (no timing asserted)."""
     async with asyncio.timeout(seconds):
@@ -49,7 +42,7 @@ async def _until(predicate, seconds: float = 15.0) -> None:  # noqa: ANN001
 async def test_metrics_is_prometheus_text_and_not_cached(settings: Settings) -> None:
     app = create_app(settings)
     async with running(app) as client:
-        await _started(app)
+        await started(app)
         response = await client.get("/metrics")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain; version=")
@@ -61,7 +54,7 @@ async def test_metrics_is_prometheus_text_and_not_cached(settings: Settings) -> 
 async def test_pool_gauges_come_from_the_live_pool(settings: Settings) -> None:
     app = create_app(test_settings(settings.database_url.value, pool_min_size=2, pool_max_size=7))
     async with running(app) as client:
-        database = await _started(app)
+        database = await started(app)
         async with database.connection(), database.connection():
             held = await scrape(client)
         after = await scrape(client)
@@ -88,7 +81,7 @@ async def test_pool_gauges_are_zero_without_a_pool() -> None:
 async def test_connections_the_service_closes_are_not_lost(settings: Settings) -> None:
     app = create_app(settings)
     async with running(app) as client:
-        database = await _started(app)
+        database = await started(app)
         assert database.pool is not None
         await database.pool.expire_connections()
         async with database.connection():
@@ -103,7 +96,7 @@ async def test_connections_the_service_closes_are_not_lost(settings: Settings) -
 async def test_connections_lost_when_the_server_stops(owned_cluster: Cluster) -> None:
     app = create_app(test_settings(owned_cluster.url(), pool_min_size=2))
     async with running(app) as client:
-        database = await _started(app)
+        database = await started(app)
         await _until(lambda: database.pool is not None and database.pool.get_size() >= 2)
         owned_cluster.stop()
         await _until(lambda: database.connections_lost >= 2)
@@ -115,7 +108,7 @@ async def test_connections_lost_when_the_server_stops(owned_cluster: Cluster) ->
 async def test_ready_checks_by_outcome_with_latency(settings: Settings) -> None:
     app = create_app(settings)
     async with running(app) as client:
-        await _started(app)
+        await started(app)
         for _ in range(3):
             assert (await client.get("/api/v1/ready")).status_code == 200
         samples = await scrape(client)
