@@ -80,9 +80,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             log.warning(
                 "metrics.per_worker workers=%d: /metrics shows one worker", settings.workers
             )
-        async with Database(settings) as db:
+        async with Database(settings, on_connected=[migrations.startup_hook(settings)]) as db:
             metrics.database = db
-            db.on_connected.append(migrations.startup_hook(settings))  # connect task not run yet
             with _collector_for_parked_requests():
                 yield {"db": db}
 

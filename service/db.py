@@ -6,7 +6,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -174,14 +174,19 @@ class Database:
     transition is logged once.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        on_connected: Sequence[Callable[[asyncpg.Pool], Awaitable[None]]] = (),
+    ) -> None:
         self.settings = settings
         self.max_lifetime = settings.pool_max_lifetime
         self.pool: asyncpg.Pool | None = None
         self.state = CONNECTING
         # Run with the new pool before it is published, so readiness waits for them
         # (start-up migrations, the migration status log).
-        self.on_connected: list[Callable[[asyncpg.Pool], Awaitable[None]]] = []
+        self.on_connected = tuple(on_connected)
+        self._last_failure = ""
         self._connector: asyncio.Task[None] | None = None
         self._check: asyncio.Task[None] | None = None
         self._flight: list[asyncio.Future[str | None]] | None = None  # waiting probes
@@ -254,7 +259,10 @@ class Database:
             except Exception as exc:
                 if pool is not None:
                     pool.terminate()
-                    log.error("db.startup_failed %s: %s", type(exc).__name__, exc)
+                    failure = f"{type(exc).__name__}: {exc}"
+                    if failure != self._last_failure:  # once, not at every retry
+                        self._last_failure = failure
+                        log.error("db.startup_failed %s", failure)
                 self._set_state(classify(exc))
                 jittered = delay * random.uniform(0.8, 1.2)
                 log.info("db.retry in %.1fs", jittered)
@@ -335,6 +343,8 @@ class Database:
 
     async def _check_once(self) -> str:
         timeout = self.settings.ready_timeout
+        # Read now: the flight's timer may report a timeout before this check ends.
+        was_connected = self.state == CONNECTED
         try:
             async with asyncio.timeout(timeout):
                 # No acquire timeout of its own: the one above bounds it, and asyncpg's
@@ -348,7 +358,7 @@ class Database:
             result = classify(exc)
         else:
             return CONNECTED
-        if self.state == CONNECTED and self.pool is not None:
+        if was_connected and self.pool is not None:
             # Idle connections opened before an outage may be dead without knowing it yet:
             # mark them all for replacement so none reaches a caller after a restart.
             await self.pool.expire_connections()

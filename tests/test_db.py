@@ -257,3 +257,26 @@ async def test_state_changes_are_logged_once(
     database._set_state(dbmod.CONNECTED)
     messages = [r.getMessage() for r in caplog.records]
     assert messages == ["db.lost reason=disconnected", "db.connected pool_size=1"]
+
+
+async def test_failing_startup_hook_keeps_the_pool_unpublished_and_logs_once(
+    database_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.INFO, logger="service.db")
+    monkeypatch.setattr(dbmod, "RETRY_FIRST_DELAY", 0.01)
+    monkeypatch.setattr(dbmod, "RETRY_MAX_DELAY", 0.02)
+    calls = 0
+
+    async def broken_migration(pool: asyncpg.Pool) -> None:
+        nonlocal calls
+        calls += 1
+        assert await pool.fetchval("SELECT 1") == 1  # the hook gets a working pool
+        raise RuntimeError("migration 0002 failed")
+
+    async with Database(test_settings(database_url), on_connected=[broken_migration]) as database:
+        while calls < 4:
+            await asyncio.sleep(0.01)
+        assert database.pool is None  # never published: readiness stays 503
+        assert await database.check() == dbmod.ERROR
+    failures = [r.getMessage() for r in caplog.records if "startup_failed" in r.getMessage()]
+    assert failures == ["db.startup_failed RuntimeError: migration 0002 failed"]
