@@ -280,3 +280,32 @@ async def test_failing_startup_hook_keeps_the_pool_unpublished_and_logs_once(
         assert await database.check() == dbmod.ERROR
     failures = [r.getMessage() for r in caplog.records if "startup_failed" in r.getMessage()]
     assert failures == ["db.startup_failed RuntimeError: migration 0002 failed"]
+
+
+async def test_query_parameters_such_as_sslmode_keep_working(database_url: str) -> None:
+    url = "postgresql+asyncpg" + database_url.removeprefix("postgresql") + "?sslmode=disable"
+    settings = test_settings(
+        None, database_url=Settings.from_env({"DATABASE_URL": url}, None).database_url
+    )
+    async with Database(settings) as database:
+        assert await database.wait_connected(10)
+        assert await database.check() == dbmod.CONNECTED
+
+
+async def test_unset_url_connects_with_the_libpq_variables(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(database_url)
+    monkeypatch.setenv("PGHOST", parts.hostname or "")
+    monkeypatch.setenv("PGPORT", str(parts.port or 5432))
+    monkeypatch.setenv("PGUSER", parts.username or "")
+    monkeypatch.setenv("PGPASSWORD", parts.password or "")
+    monkeypatch.setenv("PGDATABASE", parts.path.lstrip("/"))
+    settings = test_settings(None)
+    assert settings.database_url.is_default
+    async with Database(settings) as database:
+        assert await database.wait_connected(10)
+        async with database.connection() as con:
+            assert await con.fetchval("SELECT current_database()") == parts.path.lstrip("/")
