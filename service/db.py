@@ -13,6 +13,18 @@ from typing import Any
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from .readiness import (
+    CLOSED,
+    CONNECTED,
+    CONNECTING,
+    DISCONNECTED,
+    ERROR,
+    TIMEOUT,
+    UNAUTHORIZED,
+    UNAVAILABLE,
+    UNKNOWN_DATABASE,
+    ReadinessCheck,
+)
 from .settings import Settings
 
 log = logging.getLogger("service.db")
@@ -21,17 +33,6 @@ READY_QUERY = "SELECT 1"
 APPLICATION_NAME = "service"
 RETRY_FIRST_DELAY = 0.25
 RETRY_MAX_DELAY = 5.0
-
-# Readiness words: what `/api/v1/ready` says about the database.
-CONNECTED = "connected"
-CONNECTING = "connecting"
-DISCONNECTED = "disconnected"
-TIMEOUT = "timeout"
-UNAUTHORIZED = "unauthorized"
-UNKNOWN_DATABASE = "unknown_database"
-UNAVAILABLE = "unavailable"  # the server answers but refuses work (starting, too many clients)
-ERROR = "error"
-CLOSED = "closed"
 
 # Errors after which a connection's state is unknown: it is closed, never reused.
 _BROKEN = (asyncio.CancelledError, TimeoutError, OSError, asyncpg.InterfaceError)
@@ -188,10 +189,8 @@ class Database:
         self.on_connected = tuple(on_connected)
         self._last_failure = ""
         self._connector: asyncio.Task[None] | None = None
-        self._check: asyncio.Task[None] | None = None
-        self._flight: list[asyncio.Future[str | None]] | None = None  # waiting probes
-        self._flight_timer: asyncio.TimerHandle | None = None
-        self._closing = False
+        self.readiness = ReadinessCheck(self)
+        self.closing = False
         # Plain counts, read by service/metrics.py at scrape time: no cost per query.
         self.connections_opened = 0
         self.connections_lost = 0
@@ -249,7 +248,7 @@ class Database:
 
     async def _connect_forever(self) -> None:
         delay = RETRY_FIRST_DELAY
-        while not self._closing:
+        while not self.closing:
             pool = None
             try:
                 async with asyncio.timeout(self.settings.connect_timeout * 2):
@@ -263,17 +262,18 @@ class Database:
                     if failure != self._last_failure:  # once, not at every retry
                         self._last_failure = failure
                         log.error("db.startup_failed %s", failure)
-                self._set_state(classify(exc))
+                self.set_state(classify(exc))
                 jittered = delay * random.uniform(0.8, 1.2)
                 log.info("db.retry in %.1fs", jittered)
                 await asyncio.sleep(jittered)
                 delay = min(delay * 2, RETRY_MAX_DELAY)
                 continue
             self.pool = pool
-            self._set_state(CONNECTED)
+            self.set_state(CONNECTED)
             return
 
-    def _set_state(self, state: str) -> None:
+    def set_state(self, state: str) -> None:
+        """Record the readiness word; a change (only) is logged, once."""
         previous, self.state = self.state, state
         if state == previous:
             return
@@ -286,64 +286,12 @@ class Database:
             log.warning("db.unavailable reason=%s", state)
 
     async def check(self) -> str:
-        """Readiness: `SELECT 1` through the pool, answered within `ready_timeout`.
+        """Readiness: one word, answered within `ready_timeout` (see service.readiness)."""
+        return await self.readiness.check()
 
-        Concurrent callers share one in-flight check (single-flight), so a flood of probes
-        costs one round trip at a time and can never drain the pool. A finished check is
-        never reused. The deadline covers acquire, query and release: a hung server cannot
-        hold a probe past it.
-        """
-        if self.pool is None or self._closing:
-            return CLOSED if self._closing else self.state
-        # This runs for every probe: a joiner costs one bare future, not a task and an
-        # asyncio.wait. Every waiter of a flight arrived after the flight's timer was set,
-        # so that one timer keeps each probe within `ready_timeout` of its arrival.
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[str | None] = loop.create_future()
-        flight = self._flight
-        if flight is None:
-            flight = self._flight = [waiter]
-            self._flight_timer = loop.call_later(
-                self.settings.ready_timeout, self._answer, flight, TIMEOUT
-            )
-            if self._check is None:
-                # Else the last check overran its own timeout: this flight waits for it.
-                self._check = loop.create_task(self._run_check())
-        else:
-            flight.append(waiter)
-        result = await waiter
-        return CLOSED if result is None else result
-
-    def _answer(self, flight: list[asyncio.Future[str | None]], result: str | None) -> None:
-        """Resolve a flight's waiters, once; `None` means the check was cancelled (close)."""
-        if self._flight is flight:
-            self._flight = None
-        if result is not None:
-            self._set_state(result)
-        for waiter in flight:
-            if not waiter.done():  # a probe whose request was cancelled
-                waiter.set_result(result)
-
-    async def _run_check(self) -> None:
-        result: str | None = ERROR
-        try:
-            result = await self._check_once()
-        except asyncio.CancelledError:
-            result = None
-            raise
-        except Exception as exc:
-            result = classify(exc)
-        finally:
-            # In the step that produced the result, so no later probe can join this check.
-            self._check = None
-            flight = self._flight
-            if flight is not None:
-                self._flight_timer.cancel()  # type: ignore[union-attr]
-                self._answer(flight, result)
-
-    async def _check_once(self) -> str:
-        timeout = self.settings.ready_timeout
-        # Read now: the flight's timer may report a timeout before this check ends.
+    async def ping(self, timeout: float) -> str:
+        """`SELECT 1` within `timeout` (acquire, query and release); the readiness word."""
+        # Read now: a readiness flight's timer may report a timeout before this ends.
         was_connected = self.state == CONNECTED
         try:
             async with asyncio.timeout(timeout):
@@ -366,15 +314,11 @@ class Database:
 
     async def close(self) -> None:
         """Close the pool within `close_timeout`, then terminate what is left."""
-        self._closing = True
+        self.closing = True
         if self._connector is not None and not self._connector.done():
             self._connector.cancel()
             await asyncio.gather(self._connector, return_exceptions=True)
-        if self._check is not None:
-            self._check.cancel()
-        if self._flight is not None:  # a check cancelled before its first step
-            self._flight_timer.cancel()  # type: ignore[union-attr]
-            self._answer(self._flight, None)
+        self.readiness.cancel()
         pool, self.pool = self.pool, None
         if pool is None:
             return

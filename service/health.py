@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from . import db as words
-from .db import CONNECTED, Database
+from .db import Database
+from .readiness import CONNECTED, WORDS
 
 NO_STORE = {"Cache-Control": "no-store"}
 HEALTH_JSON = "application/health+json"  # IETF draft-inadarei-api-health-check
@@ -46,20 +46,7 @@ def _ready_answer(state: str) -> Answer:
 
 
 HEALTH_ANSWER = prerender({"status": "ok"})
-READY_ANSWERS = {
-    state: _ready_answer(state)
-    for state in (
-        words.CONNECTED,
-        words.CONNECTING,
-        words.DISCONNECTED,
-        words.TIMEOUT,
-        words.UNAUTHORIZED,
-        words.UNKNOWN_DATABASE,
-        words.UNAVAILABLE,
-        words.ERROR,
-        words.CLOSED,
-    )
-}
+READY_ANSWERS = {state: _ready_answer(state) for state in WORDS}
 
 
 async def health(request: Request) -> Response:

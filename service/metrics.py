@@ -30,7 +30,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .db import CONNECTED, Database
+from .db import Database
+from .readiness import CONNECTED
 
 UNMATCHED = "unmatched"  # the route label of a path no route knows: no raw paths as labels
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

@@ -168,6 +168,14 @@ def settings(database_url: str) -> Settings:
     return test_settings(database_url)
 
 
+@pytest.fixture
+async def database(settings: Settings) -> AsyncIterator[Database]:
+    """A connected Database on the test's own database."""
+    async with Database(settings) as connected:
+        assert await connected.wait_connected(10)
+        yield connected
+
+
 def test_settings(url: str | None, **overrides: Any) -> Settings:
     """Settings for a test: small pool, short timeouts, the given database."""
     base = Settings(

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 
 import asyncpg
 import psycopg
@@ -17,14 +16,6 @@ from service import db as dbmod
 from service.db import Database, DatabaseUnavailable, classify
 from service.settings import Settings
 from tests.conftest import test_settings
-
-
-@pytest.fixture
-async def database(settings: Settings) -> AsyncIterator[Database]:
-    async with Database(settings) as database:
-        assert await database.wait_connected(10)
-        yield database
-
 
 # -- pool (the original "engine" class: creation, settings, one per app) ----------------
 
@@ -174,37 +165,6 @@ def test_classify_words() -> None:
     assert classify(ValueError()) == dbmod.ERROR
 
 
-# -- single-flight ---------------------------------------------------------------------
-
-
-async def test_a_flood_of_checks_shares_one_round_trip(database_url: str) -> None:
-    settings = test_settings(database_url, pool_min_size=1, pool_max_size=10)
-    async with Database(settings) as database:
-        assert await database.wait_connected(10)
-        results = await asyncio.gather(*(database.check() for _ in range(500)))
-        assert set(results) == {dbmod.CONNECTED}
-        # Had any two checks run at once, the pool would have opened a second connection.
-        assert database.pool is not None
-        assert database.pool.get_size() == 1
-
-
-async def test_a_finished_check_is_never_reused(database: Database, server) -> None:  # noqa: ANN001
-    assert await database.check() == dbmod.CONNECTED
-    async with database.connection() as con:
-        name = await con.fetchval("SELECT current_database()")
-    with server.admin() as admin:  # kill every session of this database from outside
-        admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
-        )
-        admin.execute("ALTER DATABASE " + name + " WITH ALLOW_CONNECTIONS false")
-    try:
-        assert await database.check() != dbmod.CONNECTED
-    finally:
-        with server.admin() as admin:
-            admin.execute("ALTER DATABASE " + name + " WITH ALLOW_CONNECTIONS true")
-    assert await database.check() == dbmod.CONNECTED
-
-
 # -- integration: lifecycle, transaction rollback, concurrent connections ----------------
 
 
@@ -251,10 +211,10 @@ async def test_state_changes_are_logged_once(
     database: Database, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="service.db")
-    database._set_state(dbmod.DISCONNECTED)
-    database._set_state(dbmod.DISCONNECTED)
-    database._set_state(dbmod.CONNECTED)
-    database._set_state(dbmod.CONNECTED)
+    database.set_state(dbmod.DISCONNECTED)
+    database.set_state(dbmod.DISCONNECTED)
+    database.set_state(dbmod.CONNECTED)
+    database.set_state(dbmod.CONNECTED)
     messages = [r.getMessage() for r in caplog.records]
     assert messages == ["db.lost reason=disconnected", "db.connected pool_size=1"]
 
