@@ -249,19 +249,9 @@ class Database:
     async def _connect_forever(self) -> None:
         delay = RETRY_FIRST_DELAY
         while not self.closing:
-            pool = None
             try:
-                async with asyncio.timeout(self.settings.connect_timeout * 2):
-                    pool = await self._create_pool()
-                for hook in self.on_connected:
-                    await hook(pool)
+                pool = await self._connect_once()
             except Exception as exc:
-                if pool is not None:
-                    pool.terminate()
-                    failure = f"{type(exc).__name__}: {exc}"
-                    if failure != self._last_failure:  # once, not at every retry
-                        self._last_failure = failure
-                        log.error("db.startup_failed %s", failure)
                 self.set_state(classify(exc))
                 jittered = delay * random.uniform(0.8, 1.2)
                 log.info("db.retry in %.1fs", jittered)
@@ -271,6 +261,25 @@ class Database:
             self.pool = pool
             self.set_state(CONNECTED)
             return
+
+    async def _connect_once(self) -> asyncpg.Pool:
+        """A new pool that passed the start-up hooks; nothing is left open otherwise."""
+        async with asyncio.timeout(self.settings.connect_timeout * 2):
+            pool = await self._create_pool()
+        try:
+            for hook in self.on_connected:
+                await hook(pool)
+        except Exception as exc:
+            pool.terminate()
+            failure = f"{type(exc).__name__}: {exc}"
+            if failure != self._last_failure:  # once, not at every retry
+                self._last_failure = failure
+                log.error("db.startup_failed %s", failure)
+            raise
+        except BaseException:  # cancelled by close() while a hook ran: never published
+            pool.terminate()
+            raise
+        return pool
 
     def set_state(self, state: str) -> None:
         """Record the readiness word; a change (only) is logged, once."""

@@ -269,3 +269,25 @@ async def test_unset_url_connects_with_the_libpq_variables(
         assert await database.wait_connected(10)
         async with database.connection() as con:
             assert await con.fetchval("SELECT current_database()") == parts.path.lstrip("/")
+
+
+async def test_close_during_a_startup_hook_leaves_no_connection(database_url: str, server) -> None:  # noqa: ANN001
+    hook_running = asyncio.Event()
+
+    async def slow_migration(pool: asyncpg.Pool) -> None:
+        hook_running.set()
+        await asyncio.sleep(30)
+
+    database = Database(test_settings(database_url), on_connected=[slow_migration])
+    async with database:
+        await hook_running.wait()
+    name = database_url.rsplit("/", 1)[1]
+    with server.admin() as admin:
+        for _ in range(50):  # the server sees the terminated socket close
+            left = admin.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (name,)
+            ).fetchone()
+            if left == (0,):
+                break
+            await asyncio.sleep(0.05)
+    assert left == (0,)

@@ -111,6 +111,14 @@ def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def wait_until_seen(url: str, sql: str, process: subprocess.Popen[str]) -> None:
+    """Poll until `sql` returns a row, while `process` still runs (30 s at most)."""
+    deadline = time.monotonic() + 30
+    while not query(url, sql):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+
+
 def query(url: str, sql: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(url) as con:
         return con.execute(sql).fetchall()
@@ -484,14 +492,12 @@ def test_killed_runner_leaves_no_lock_and_the_next_applies_once(
         "DROP TABLE long_one;",
     )
     killed = migrate_process(database_url, sql_dir, "apply", PGOPTIONS="-c service_test.sleep=600")
-    deadline = time.monotonic() + 30
-    while not query(
+    wait_until_seen(
         database_url,
         "SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%pg_sleep%' "
         "AND application_name LIKE 'service-migrate%'",
-    ):
-        assert killed.poll() is None and time.monotonic() < deadline, killed.communicate()
-        time.sleep(0.05)
+        killed,
+    )
     killed.send_signal(signal.SIGKILL)
     killed.communicate()
     rerun = migrate_process(database_url, sql_dir, "apply")
@@ -554,14 +560,12 @@ def test_plain_yoyo_waits_for_our_run(empty_url: str, sql_dir: Path) -> None:
             stderr=subprocess.PIPE,
             text=True,
         )
-        deadline = time.monotonic() + 30
-        while not query(
+        wait_until_seen(
             empty_url,
             "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
             "AND query LIKE '%INSERT INTO \"yoyo_lock\"%'",
-        ):
-            assert plain.poll() is None and time.monotonic() < deadline, plain.communicate()
-            time.sleep(0.05)
+            plain,
+        )
         assert runner.apply(report=lambda line: None) == [m.id for m in runner.migrations]
     assert plain.wait(60) == 0, plain.communicate()
     plain.communicate()
