@@ -106,12 +106,16 @@ class Service:
         raise RuntimeError("the service did not become ready within 60 s")
 
     def get(self, path: str) -> int | None:
+        answer = self.fetch(path)
+        return None if answer is None else answer[0]
+
+    def fetch(self, path: str) -> tuple[int, bytes] | None:
+        """(status, body), or None while nothing answers."""
         con = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
         try:
             con.request("GET", path)
             response = con.getresponse()
-            response.read()
-            return response.status
+            return response.status, response.read()
         except OSError:
             return None
         finally:
