@@ -269,15 +269,12 @@ class Database:
         try:
             for hook in self.on_connected:
                 await hook(pool)
-        except Exception as exc:
+        except BaseException as exc:  # also cancelled by close(): never published
             pool.terminate()
             failure = f"{type(exc).__name__}: {exc}"
-            if failure != self._last_failure:  # once, not at every retry
-                self._last_failure = failure
+            if isinstance(exc, Exception) and failure != self._last_failure:
+                self._last_failure = failure  # logged once, not at every retry
                 log.error("db.startup_failed %s", failure)
-            raise
-        except BaseException:  # cancelled by close() while a hook ran: never published
-            pool.terminate()
             raise
         return pool
 
