@@ -341,9 +341,16 @@ class Runner:
         backend.log_migration(m, direction)
 
 
-def apply(url: DatabaseURL, directory: Path | None = None, lock_timeout: float = 60.0) -> int:
+def apply(
+    url: DatabaseURL,
+    directory: Path | None = None,
+    lock_timeout: float = 60.0,
+    connect_timeout: float = 5.0,
+) -> int:
     """Apply pending migrations; returns how many were applied."""
-    with Runner(url, directory, lock_timeout=lock_timeout) as runner:
+    with Runner(
+        url, directory, lock_timeout=lock_timeout, connect_timeout=connect_timeout
+    ) as runner:
         return len(runner.apply())
 
 
@@ -374,7 +381,11 @@ def startup_hook(settings: Settings) -> Callable[[asyncpg.Pool], Awaitable[None]
             # Under the same lock as the command; a failure keeps the service not ready
             # (Database logs it and retries), never serving a half-migrated schema.
             count = await asyncio.to_thread(
-                apply, settings.database_url, None, settings.migrate_lock_timeout
+                apply,
+                settings.database_url,
+                None,
+                settings.migrate_lock_timeout,
+                settings.connect_timeout,
             )
             log.info("migrations.applied_on_startup count=%d", count)
         migrations = read()
