@@ -68,6 +68,10 @@ class Cluster:
         self.fast = fast
         self.bin = bin_dir()
         self.user = _server_user()
+        if self.user is not None:
+            # The server user must reach the binaries too: a checkout (and its .venv) may
+            # sit under a 0700 directory such as /root or a `mktemp -d`.
+            _open_path_to(self.bin)
         self.log = self.data.parent / f"{self.data.name}.log"
 
     # -- lifecycle ---------------------------------------------------------------------
