@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, quote, unquote, urlsplit, urlunsplit
@@ -111,58 +111,6 @@ def _redact(parts: SplitResult) -> str:
     return urlunsplit(parts._replace(netloc=masked + host, query=query))
 
 
-@dataclass(frozen=True)
-class Settings:
-    database_url: DatabaseURL = field(default_factory=lambda: DatabaseURL(None))
-    pool_min_size: int = 2
-    pool_max_size: int = 30
-    pool_max_lifetime: float = 3600.0
-    pool_max_inactive_lifetime: float = 300.0
-    connect_timeout: float = 5.0
-    command_timeout: float = 30.0
-    acquire_timeout: float = 5.0
-    statement_cache_size: int = 100
-    ready_timeout: float = 0.8
-    close_timeout: float = 10.0
-    migrate_on_startup: bool = False
-    migrate_lock_timeout: float = 60.0
-    host: str = "127.0.0.1"
-    port: int = 8000
-    workers: int = 1
-    shutdown_timeout: float = 30.0
-    log_level: str = "info"
-    log_format: str = "text"
-    access_log: bool = True
-
-    @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
-    ) -> Settings:
-        """Read the environment, then `.env` (the environment wins); refuse bad values."""
-        values: dict[str, str] = {}
-        if env_file is not None and Path(env_file).is_file():
-            values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
-        values.update(os.environ if environ is None else environ)
-
-        kwargs: dict[str, Any] = {}
-        for attr, (var, parse) in _VARIABLES.items():
-            raw = values.get(var)
-            if raw is None or raw.strip() == "":
-                continue
-            kwargs[attr] = parse(var, raw.strip())
-        kwargs["database_url"] = DatabaseURL.parse(values.get("DATABASE_URL"))
-        settings = cls(**kwargs)
-        settings.validate()
-        return settings
-
-    def validate(self) -> None:
-        if self.pool_min_size > self.pool_max_size:
-            raise SettingsError(
-                f"DB_POOL_MIN_SIZE: {self.pool_min_size} is larger than "
-                f"DB_POOL_MAX_SIZE ({self.pool_max_size})"
-            )
-
-
 def _integer(minimum: int, maximum: int | None = None) -> Callable[[str, str], int]:
     def parse(var: str, raw: str) -> int:
         try:
@@ -216,24 +164,74 @@ def _host(var: str, raw: str) -> str:
     return raw
 
 
-_VARIABLES: dict[str, tuple[str, Callable[[str, str], Any]]] = {
-    "pool_min_size": ("DB_POOL_MIN_SIZE", _integer(0)),
-    "pool_max_size": ("DB_POOL_MAX_SIZE", _integer(1)),
-    "pool_max_lifetime": ("DB_POOL_MAX_LIFETIME", _seconds(allow_zero=True)),
-    "pool_max_inactive_lifetime": ("DB_POOL_MAX_INACTIVE_LIFETIME", _seconds(allow_zero=True)),
-    "connect_timeout": ("DB_CONNECT_TIMEOUT", _seconds()),
-    "command_timeout": ("DB_COMMAND_TIMEOUT", _seconds()),
-    "acquire_timeout": ("DB_ACQUIRE_TIMEOUT", _seconds()),
-    "statement_cache_size": ("DB_STATEMENT_CACHE_SIZE", _integer(0)),
-    "ready_timeout": ("DB_READY_TIMEOUT", _seconds()),
-    "close_timeout": ("DB_CLOSE_TIMEOUT", _seconds()),
-    "migrate_on_startup": ("DB_MIGRATE_ON_STARTUP", _boolean),
-    "migrate_lock_timeout": ("MIGRATE_LOCK_TIMEOUT", _seconds(allow_zero=True)),
-    "host": ("HOST", _host),
-    "port": ("PORT", _integer(1, 65535)),
-    "workers": ("WORKERS", _integer(1)),
-    "shutdown_timeout": ("SHUTDOWN_TIMEOUT", _seconds()),
-    "log_level": ("LOG_LEVEL", _choice(*_LOG_LEVELS)),
-    "log_format": ("LOG_FORMAT", _choice("text", "json")),
-    "access_log": ("ACCESS_LOG", _boolean),
-}
+def setting(env: str, parse: Callable[[str, str], Any], default: Any) -> Any:
+    """A field read from the environment variable `env` through `parse(env, raw)`."""
+    return field(default=default, metadata={"env": env, "parse": parse})
+
+
+def _url(var: str, raw: str) -> DatabaseURL:
+    return DatabaseURL.parse(raw, var)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting, declared once: its variable, how it is read, its default."""
+
+    database_url: DatabaseURL = field(
+        default_factory=lambda: DatabaseURL(None),
+        metadata={"env": "DATABASE_URL", "parse": _url},
+    )
+    pool_min_size: int = setting("DB_POOL_MIN_SIZE", _integer(0), 2)
+    pool_max_size: int = setting("DB_POOL_MAX_SIZE", _integer(1), 30)
+    pool_max_lifetime: float = setting("DB_POOL_MAX_LIFETIME", _seconds(allow_zero=True), 3600.0)
+    pool_max_inactive_lifetime: float = setting(
+        "DB_POOL_MAX_INACTIVE_LIFETIME", _seconds(allow_zero=True), 300.0
+    )
+    connect_timeout: float = setting("DB_CONNECT_TIMEOUT", _seconds(), 5.0)
+    command_timeout: float = setting("DB_COMMAND_TIMEOUT", _seconds(), 30.0)
+    acquire_timeout: float = setting("DB_ACQUIRE_TIMEOUT", _seconds(), 5.0)
+    statement_cache_size: int = setting("DB_STATEMENT_CACHE_SIZE", _integer(0), 100)
+    ready_timeout: float = setting("DB_READY_TIMEOUT", _seconds(), 0.8)
+    close_timeout: float = setting("DB_CLOSE_TIMEOUT", _seconds(), 10.0)
+    migrate_on_startup: bool = setting("DB_MIGRATE_ON_STARTUP", _boolean, False)
+    migrate_lock_timeout: float = setting("MIGRATE_LOCK_TIMEOUT", _seconds(allow_zero=True), 60.0)
+    host: str = setting("HOST", _host, "127.0.0.1")
+    port: int = setting("PORT", _integer(1, 65535), 8000)
+    workers: int = setting("WORKERS", _integer(1), 1)
+    shutdown_timeout: float = setting("SHUTDOWN_TIMEOUT", _seconds(), 30.0)
+    log_level: str = setting("LOG_LEVEL", _choice(*_LOG_LEVELS), "info")
+    log_format: str = setting("LOG_FORMAT", _choice("text", "json"), "text")
+    access_log: bool = setting("ACCESS_LOG", _boolean, True)
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
+    ) -> Settings:
+        """Read the environment, then `.env` (the environment wins); refuse bad values."""
+        values: dict[str, str] = {}
+        if env_file is not None and Path(env_file).is_file():
+            values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+        values.update(os.environ if environ is None else environ)
+
+        kwargs: dict[str, Any] = {}
+        for spec in fields(cls):
+            var = spec.metadata["env"]
+            raw = values.get(var)
+            if raw is None or raw.strip() == "":
+                continue
+            kwargs[spec.name] = spec.metadata["parse"](var, raw.strip())
+        settings = cls(**kwargs)
+        settings.validate()
+        return settings
+
+    @classmethod
+    def variables(cls) -> tuple[str, ...]:
+        """The environment variables the service reads (docs, compose checks)."""
+        return tuple(spec.metadata["env"] for spec in fields(cls))
+
+    def validate(self) -> None:
+        if self.pool_min_size > self.pool_max_size:
+            raise SettingsError(
+                f"DB_POOL_MIN_SIZE: {self.pool_min_size} is larger than "
+                f"DB_POOL_MAX_SIZE ({self.pool_max_size})"
+            )

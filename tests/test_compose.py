@@ -16,13 +16,13 @@ import jsonschema
 import pytest
 import yaml
 
-from service.settings import _VARIABLES, Settings
+from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((ROOT / "tests" / "data" / "compose-spec.json").read_text())
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]
-KNOWN_VARIABLES = {var for var, _ in _VARIABLES.values()} | {"DATABASE_URL"}
+KNOWN_VARIABLES = set(Settings.variables())
 INTERPOLATION = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
 
 
