@@ -218,7 +218,7 @@ def python_load(url: str, connections: int, seconds: float) -> Load:
     )
 
 
-def _run_loop(coro):  # noqa: ANN001, ANN202
+def _run_loop(coro):
     try:
         import uvloop
 

@@ -1,6 +1,27 @@
-"""The PostgreSQL foundation of a Python web service: Starlette + asyncpg + yoyo."""
+"""The PostgreSQL foundation of a Python web service: Starlette + asyncpg + yoyo.
 
-from .app import create_app, db_connection
-from .settings import Settings
+The names below load on first use, so `python -m service migrate` loads neither Starlette
+nor asyncpg.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .app import create_app, db_connection
+    from .settings import Settings
 
 __all__ = ["Settings", "create_app", "db_connection"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("create_app", "db_connection"):
+        from . import app
+
+        return getattr(app, name)
+    if name == "Settings":
+        from .settings import Settings
+
+        return Settings
+    raise AttributeError(f"module 'service' has no attribute {name!r}")

@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from . import health, migrations
-from .db import Database, DatabaseUnavailable
+from .db import Database, DatabaseUnavailable, PooledConnection
 from .metrics import HTTPMetrics, Metrics
 from .settings import Settings
 
@@ -52,12 +52,10 @@ async def _server_error(request: Request, exc: Exception) -> JSONResponse:
 def _collector_for_parked_requests() -> Iterator[None]:
     """Freeze what start-up made out of the cyclic GC; collect young objects less often.
 
-    Requests parked on a readiness check outlive young collections. Under a probe flood
-    (scripts/bench: 64 connections on /api/v1/ready) the default threshold of 700 ran a
-    young collection every ~15 requests and a full one ~5 times a second, each walking
-    every module and class: 25-37 ms pauses, which were the readiness p99. With start-up
-    frozen a full collection takes ~1 ms; at 10,000 a flood's parked requests trigger
-    none (readiness/liveness throughput 0.62x -> 0.75x in paired runs).
+    Requests parked on a readiness check outlive young collections; under a probe flood the
+    default threshold made full collections, each walking every module and class, the
+    readiness p99. With start-up frozen a full collection is short, and at this threshold
+    a flood's parked requests trigger none (figures: docs/performance.md).
     """
     thresholds = gc.get_threshold()
     gc.freeze()
@@ -104,8 +102,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return app
 
 
-def db_connection(request: Request):  # noqa: ANN201 - the helper's type is private
-    """The request-scoped connection helper (the original design's `get_db`).
+def db_connection(request: Request) -> PooledConnection:
+    """The request-scoped connection helper (FastAPI's `Depends(get_db)` session, here).
 
     `async with db_connection(request) as con:` acquires within DB_ACQUIRE_TIMEOUT and
     always releases, also when the handler raises; no connection means a 503.

@@ -7,25 +7,16 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, TypedDict, cast
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from .readiness import (
-    CLOSED,
-    CONNECTED,
-    CONNECTING,
-    DISCONNECTED,
-    ERROR,
-    TIMEOUT,
-    UNAUTHORIZED,
-    UNAVAILABLE,
-    UNKNOWN_DATABASE,
-    ReadinessCheck,
-)
 from .settings import Settings
+from .singleflight import SingleFlight
+from .states import DbState
 
 log = logging.getLogger("service.db")
 
@@ -41,7 +32,7 @@ _BROKEN = (asyncio.CancelledError, TimeoutError, OSError, asyncpg.InterfaceError
 class DatabaseUnavailable(Exception):
     """No connection could be had within the bounded wait; the handler answers 503."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: DbState) -> None:
         super().__init__(reason)
         self.reason = reason
 
@@ -82,16 +73,16 @@ class Connection(asyncpg.Connection):
         super().terminate()
 
 
-def classify(exc: BaseException) -> str:
+def classify(exc: BaseException) -> DbState:
     """One word for why the database is not usable; never the exception's text."""
     if isinstance(exc, TimeoutError):
-        return TIMEOUT
+        return DbState.TIMEOUT
     if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError):
-        return UNAUTHORIZED
+        return DbState.UNAUTHORIZED
     if isinstance(exc, asyncpg.InvalidCatalogNameError):
-        return UNKNOWN_DATABASE
+        return DbState.UNKNOWN_DATABASE
     if isinstance(exc, asyncpg.CannotConnectNowError | asyncpg.TooManyConnectionsError):
-        return UNAVAILABLE
+        return DbState.UNAVAILABLE
     if isinstance(
         exc,
         OSError
@@ -100,11 +91,21 @@ def classify(exc: BaseException) -> str:
         | asyncpg.AdminShutdownError
         | asyncpg.CrashShutdownError,
     ):
-        return DISCONNECTED
-    return ERROR
+        return DbState.DISCONNECTED
+    return DbState.ERROR
 
 
-def pool_arguments(settings: Settings) -> dict[str, Any]:
+class PoolArguments(TypedDict):
+    dsn: str | None
+    min_size: int
+    max_size: int
+    max_inactive_connection_lifetime: float
+    timeout: float
+    command_timeout: float
+    statement_cache_size: int
+
+
+def pool_arguments(settings: Settings) -> PoolArguments:
     """The settings as `asyncpg.create_pool` arguments (also scripts/bench's bare pool)."""
     return {
         "dsn": settings.database_url.value,
@@ -117,7 +118,7 @@ def pool_arguments(settings: Settings) -> dict[str, Any]:
     }
 
 
-class _PooledConnection:
+class PooledConnection:
     """`async with db.connection() as con`: a bounded acquire, always a release.
 
     A plain class rather than @asynccontextmanager: it runs on every request.
@@ -129,12 +130,12 @@ class _PooledConnection:
         self._db = db
         self._timeout = timeout
         self._pool: asyncpg.Pool | None = None
-        self._con: PoolConnectionProxy | None = None
+        self._con: PoolConnectionProxy[asyncpg.Record] | None = None
 
-    async def __aenter__(self) -> PoolConnectionProxy:
-        pool = self._pool = self._db.pool
+    async def __aenter__(self) -> PoolConnectionProxy[asyncpg.Record]:
+        pool = self._pool = self._db._pool
         if pool is None:
-            raise DatabaseUnavailable(self._db.state)
+            raise DatabaseUnavailable(self._db._state)
         try:
             self._con = await pool.acquire(timeout=self._timeout)
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -156,11 +157,12 @@ class _PooledConnection:
                 # release would wait for the server to confirm the cancel, which a hung server
                 # never does. Closing the socket is immediate and the pool opens a fresh one.
                 con.terminate()
-            elif time.monotonic() - con.opened_at > self._db.max_lifetime > 0:
-                # The original design's hourly recycle: retire old connections at release,
-                # so the caller never waits for the replacement.
-                await con.close(timeout=self._db.settings.close_timeout)
-            await self._pool.release(con)  # type: ignore[union-attr]
+            elif time.monotonic() - cast(Connection, con).opened_at > self._db._max_lifetime > 0:
+                # DB_POOL_MAX_LIFETIME (SQLAlchemy's pool_recycle): retire old connections
+                # at release, so the caller never waits for the replacement.
+                await con.close(timeout=self._db._settings.close_timeout)
+            assert self._pool is not None  # set with the connection
+            await self._pool.release(con)
         except Exception:
             # The reset or close failed (the server went away meanwhile): the connection is
             # dropped, and the handler's own outcome stands.
@@ -168,11 +170,24 @@ class _PooledConnection:
                 con.terminate()
 
 
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """One snapshot of the pool for metrics (psycopg_pool's `get_stats()` is the model)."""
+
+    state: DbState
+    size: int  # open connections
+    idle: int  # open connections waiting in the pool
+    max_size: int  # DB_POOL_MAX_SIZE
+    opened: int  # connections the pool opened, ever
+    closed: int  # ... that the service closed (lifetime, idle, timeout, expiry, shutdown)
+    lost: int  # ... that the server or the network closed (restart, crash, kill)
+
+
 class Database:
     """Owns the pool. Starts without the database, connects in the background, closes bounded.
 
-    `state` is the last known readiness word; it changes only on a transition, and each
-    transition is logged once.
+    Its face: `state`, `connection()`, `check()`, `stats()`, `start()` / `close()` (or
+    `async with`), and `wait_connected()` for start-up scripts and tests.
     """
 
     def __init__(
@@ -180,21 +195,27 @@ class Database:
         settings: Settings,
         on_connected: Sequence[Callable[[asyncpg.Pool], Awaitable[None]]] = (),
     ) -> None:
-        self.settings = settings
-        self.max_lifetime = settings.pool_max_lifetime
-        self.pool: asyncpg.Pool | None = None
-        self.state = CONNECTING
+        self._settings = settings
+        self._max_lifetime = settings.pool_max_lifetime
+        self._pool: asyncpg.Pool | None = None
+        self._state = DbState.CONNECTING
         # Run with the new pool before it is published, so readiness waits for them
         # (start-up migrations, the migration status log).
-        self.on_connected = tuple(on_connected)
+        self._on_connected = tuple(on_connected)
         self._last_failure = ""
         self._connector: asyncio.Task[None] | None = None
-        self.readiness = ReadinessCheck(self)
-        self.closing = False
-        # Plain counts, read by service/metrics.py at scrape time: no cost per query.
-        self.connections_opened = 0
-        self.connections_lost = 0
-        self.connections_closed = 0
+        self._readiness = SingleFlight(
+            self._ping,
+            deadline=settings.ready_timeout,
+            on_timeout=DbState.TIMEOUT,
+            on_error=DbState.ERROR,
+            on_result=self._set_state,
+        )
+        self._closing = False
+        # Plain counts, read at scrape time through stats(): no cost per query.
+        self._opened = 0
+        self._lost = 0
+        self._closed = 0
 
     async def __aenter__(self) -> Database:
         self.start()
@@ -203,9 +224,27 @@ class Database:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
+    @property
+    def state(self) -> DbState:
+        """The last known readiness word; it changes only on a transition, logged once."""
+        return self._state
+
+    def stats(self) -> PoolStats:
+        """Counts and sizes now; cheap enough for every scrape."""
+        pool = self._pool
+        return PoolStats(
+            state=self._state,
+            size=pool.get_size() if pool is not None else 0,
+            idle=pool.get_idle_size() if pool is not None else 0,
+            max_size=self._settings.pool_max_size,
+            opened=self._opened,
+            closed=self._closed,
+            lost=self._lost,
+        )
+
     def start(self) -> None:
         """Begin connecting in the background; the service serves liveness meanwhile."""
-        log.info("db.start target=%s", self.settings.database_url.redacted)
+        log.info("db.start target=%s", self._settings.database_url.redacted)
         self._connector = asyncio.get_running_loop().create_task(
             self._connect_forever(), name="db-connect"
         )
@@ -213,61 +252,105 @@ class Database:
     async def wait_connected(self, timeout: float) -> bool:
         """Wait until the pool exists (tests, start-up scripts); False on timeout."""
         if self._connector is None:
-            return self.pool is not None
+            return self._pool is not None
         try:
             await asyncio.wait_for(asyncio.shield(self._connector), timeout)
         except TimeoutError:
             return False
-        return self.pool is not None
+        return self._pool is not None
 
-    def connection(self, timeout: float | None = None) -> _PooledConnection:
+    def connection(self, timeout: float | None = None) -> PooledConnection:
         """A request-scoped connection: bounded acquire, always released, even on error."""
-        return _PooledConnection(
-            self, self.settings.acquire_timeout if timeout is None else timeout
+        return PooledConnection(
+            self, self._settings.acquire_timeout if timeout is None else timeout
         )
+
+    async def expire_connections(self) -> None:
+        """Replace every pooled connection: idle ones at once, lent ones at release."""
+        if self._pool is not None:
+            await self._pool.expire_connections()
+
+    async def check(self) -> DbState:
+        """Readiness: `SELECT 1` through the pool, answered within DB_READY_TIMEOUT.
+
+        Concurrent callers share one in-flight check (single-flight), so a flood of probes
+        costs one round trip at a time and can never drain the pool. A finished check is
+        never reused. The deadline covers acquire, query and release: a hung server cannot
+        hold a probe past it.
+        """
+        if self._pool is None or self._closing:
+            return DbState.CLOSED if self._closing else self._state
+        result = await self._readiness.run()
+        return DbState.CLOSED if result is None else result
+
+    async def close(self) -> None:
+        """Close the pool within `close_timeout`, then terminate what is left."""
+        self._closing = True
+        if self._connector is not None and not self._connector.done():
+            self._connector.cancel()
+            await asyncio.gather(self._connector, return_exceptions=True)
+        self._readiness.cancel()
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        timeout = self._settings.close_timeout
+        try:
+            await asyncio.wait_for(pool.close(), timeout)
+        except TimeoutError:
+            log.warning("db.close timed out after %.1fs; terminating", timeout)
+            pool.terminate()
+        except Exception as exc:
+            log.warning("db.close failed (%s); terminating", type(exc).__name__)
+            pool.terminate()
+        else:
+            log.info("db.closed")
+        self._state = DbState.CLOSED
+
+    # -- the pool's life -----------------------------------------------------------------
 
     async def _create_pool(self) -> asyncpg.Pool:
         return await asyncpg.create_pool(
-            **pool_arguments(self.settings),
+            **pool_arguments(self._settings),
             connection_class=Connection,
             server_settings={"application_name": APPLICATION_NAME},
             init=self._connection_opened,
         )
 
-    async def _connection_opened(self, con: Connection) -> None:
-        self.connections_opened += 1
+    async def _connection_opened(self, connection: asyncpg.Connection) -> None:
+        con = cast(Connection, connection)  # connection_class=Connection
+        self._opened += 1
         # The listener is called with the pool's proxy when the connection is checked out,
         # and that proxy may already be detached: keep the connection itself.
         con.add_termination_listener(lambda _: self._connection_ended(con))
 
     def _connection_ended(self, con: Connection) -> None:
         if con.closed_by_us:
-            self.connections_closed += 1
+            self._closed += 1
         else:
-            self.connections_lost += 1  # the server or the network closed it
+            self._lost += 1  # the server or the network closed it
 
     async def _connect_forever(self) -> None:
         delay = RETRY_FIRST_DELAY
-        while not self.closing:
+        while not self._closing:
             try:
                 pool = await self._connect_once()
             except Exception as exc:
-                self.set_state(classify(exc))
+                self._set_state(classify(exc))
                 jittered = delay * random.uniform(0.8, 1.2)
                 log.info("db.retry in %.1fs", jittered)
                 await asyncio.sleep(jittered)
                 delay = min(delay * 2, RETRY_MAX_DELAY)
                 continue
-            self.pool = pool
-            self.set_state(CONNECTED)
+            self._pool = pool
+            self._set_state(DbState.CONNECTED)
             return
 
     async def _connect_once(self) -> asyncpg.Pool:
         """A new pool that passed the start-up hooks; nothing is left open otherwise."""
-        async with asyncio.timeout(self.settings.connect_timeout * 2):
+        async with asyncio.timeout(self._settings.connect_timeout * 2):
             pool = await self._create_pool()
         try:
-            for hook in self.on_connected:
+            for hook in self._on_connected:
                 await hook(pool)
         except BaseException as exc:  # also cancelled by close(): never published
             pool.terminate()
@@ -278,61 +361,39 @@ class Database:
             raise
         return pool
 
-    def set_state(self, state: str) -> None:
+    def _set_state(self, state: DbState) -> None:
         """Record the readiness word; a change (only) is logged, once."""
-        previous, self.state = self.state, state
+        previous, self._state = self._state, state
         if state == previous:
             return
-        size = self.pool.get_size() if self.pool is not None else 0
-        if state == CONNECTED:
+        size = self._pool.get_size() if self._pool is not None else 0
+        if state == DbState.CONNECTED:
             log.info("db.connected pool_size=%d", size)
-        elif previous == CONNECTED:
+        elif previous == DbState.CONNECTED:
             log.warning("db.lost reason=%s", state)
         else:
             log.warning("db.unavailable reason=%s", state)
 
-    async def check(self) -> str:
-        """Readiness: one word, answered within `ready_timeout` (see service.readiness)."""
-        return await self.readiness.check()
-
-    async def ping(self, timeout: float) -> str:
-        """`SELECT 1` within `timeout` (acquire, query and release); the readiness word."""
+    async def _ping(self) -> DbState:
+        """`SELECT 1` within DB_READY_TIMEOUT (acquire, query and release)."""
         # Read now: a readiness flight's timer may report a timeout before this ends.
-        was_connected = self.state == CONNECTED
+        was_connected = self._state == DbState.CONNECTED
+        result: DbState
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(self._settings.ready_timeout):
                 # No acquire timeout of its own: the one above bounds it, and asyncpg's
                 # wait_for would add a task to every check (Python < 3.12).
-                async with _PooledConnection(self, None) as con:
+                async with PooledConnection(self, None) as con:
                     await con.fetchval(READY_QUERY)
-                    con.skip_next_reset()
+                    cast(Connection, con).skip_next_reset()  # forwarded by the proxy
         except DatabaseUnavailable as exc:
             result = exc.reason
         except Exception as exc:
             result = classify(exc)
         else:
-            return CONNECTED
-        if was_connected and self.pool is not None:
+            return DbState.CONNECTED
+        if was_connected and self._pool is not None:
             # Idle connections opened before an outage may be dead without knowing it yet:
             # mark them all for replacement so none reaches a caller after a restart.
-            await self.pool.expire_connections()
+            await self._pool.expire_connections()
         return result
-
-    async def close(self) -> None:
-        """Close the pool within `close_timeout`, then terminate what is left."""
-        self.closing = True
-        if self._connector is not None and not self._connector.done():
-            self._connector.cancel()
-            await asyncio.gather(self._connector, return_exceptions=True)
-        self.readiness.cancel()
-        pool, self.pool = self.pool, None
-        if pool is None:
-            return
-        try:
-            await asyncio.wait_for(pool.close(), self.settings.close_timeout)
-        except (Exception, TimeoutError):  # noqa: B014
-            log.warning("db.close timed out after %.1fs; terminating", self.settings.close_timeout)
-            pool.terminate()
-        else:
-            log.info("db.closed")
-        self.state = CLOSED

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .db import Database
-from .readiness import CONNECTED, WORDS
+from .states import DbState
 
 NO_STORE = {"Cache-Control": "no-store"}
 HEALTH_JSON = "application/health+json"  # IETF draft-inadarei-api-health-check
@@ -23,8 +23,8 @@ class HealthJSONResponse(JSONResponse):
 class Prerendered(Response):
     """An answer rendered once at import: per request, no json.dumps and no header encoding.
 
-    The body can only be one of a few; under load, json.dumps and header encoding per
-    request were about 5 % of the server's time (py-spy, scripts/bench).
+    The body can only be one of a few, and rendering it per request showed in the profile
+    of a readiness flood (docs/performance.md).
     """
 
     def __init__(self, answer: Answer) -> None:
@@ -39,14 +39,14 @@ def prerender(body: object, status_code: int = 200) -> Answer:
     return status_code, bytes(response.body), response.raw_headers
 
 
-def _ready_answer(state: str) -> Answer:
-    ok = state == CONNECTED
+def _ready_answer(state: DbState) -> Answer:
+    ok = state == DbState.CONNECTED
     body = {"ready": ok, "dependencies": {"db": state, "redis": "unknown"}}
     return prerender(body, 200 if ok else 503)
 
 
 HEALTH_ANSWER = prerender({"status": "ok"})
-READY_ANSWERS = {state: _ready_answer(state) for state in WORDS}
+READY_ANSWERS = {state: _ready_answer(state) for state in DbState}
 
 
 async def health(request: Request) -> Response:
@@ -61,22 +61,23 @@ async def ready(request: Request) -> Response:
     state = await db.check()
     elapsed = time.perf_counter() - start
     request.app.state.metrics.observe_ready(state, elapsed)
-    ok = state == CONNECTED
+    ok = state == DbState.CONNECTED
     status_code = 200 if ok else 503
     if wants_health_json(_accept(request)):
         return HealthJSONResponse(
             health_json(state, elapsed), status_code=status_code, headers=NO_STORE
         )
-    return Prerendered(READY_ANSWERS.get(state) or _ready_answer(state))
+    return Prerendered(READY_ANSWERS[state])
 
 
 def _accept(request: Request) -> str:
     """The Accept header, read from the scope.
 
     `request.headers.get` builds a Headers object and, when the header is absent, raises
-    and catches a KeyError: 3 % of the server's time on a readiness flood (py-spy).
+    and catches a KeyError on every probe (docs/performance.md).
     """
-    for name, value in request.scope["headers"]:  # ASGI names are lower-case
+    headers: list[tuple[bytes, bytes]] = request.scope["headers"]
+    for name, value in headers:  # ASGI names are lower-case
         if name == b"accept":
             return value.decode("latin-1")
     return ""
@@ -95,9 +96,9 @@ def wants_health_json(accept: str) -> bool:
     return False
 
 
-def health_json(state: str, seconds: float) -> dict[str, object]:
+def health_json(state: DbState, seconds: float) -> dict[str, object]:
     """The readiness answer in the IETF health-check format: pass or fail, and why."""
-    ok = state == CONNECTED
+    ok = state == DbState.CONNECTED
     check: dict[str, object] = {
         "componentType": "datastore",
         "observedValue": round(seconds * 1000, 3),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import logging.config
 import time
 from typing import Any
 
@@ -69,7 +68,3 @@ def log_config(level: str = "info", fmt: str = "text") -> dict[str, Any]:
         },
         "root": {"handlers": ["default"], "level": "WARNING"},
     }
-
-
-def configure(level: str = "info", fmt: str = "text") -> None:
-    logging.config.dictConfig(log_config(level, fmt))

@@ -31,7 +31,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .db import Database
-from .readiness import CONNECTED
+from .states import DbState
 
 UNMATCHED = "unmatched"  # the route label of a path no route knows: no raw paths as labels
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -93,10 +93,10 @@ class Metrics:
 
 
 def _buckets(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, float]]:
-    cumulative = list(accumulate(counts))
-    return [(floatToGoString(b), c) for b, c in zip(bounds, cumulative, strict=False)] + [
-        ("+Inf", cumulative[-1])
-    ]
+    cumulative: list[float] = list(accumulate(counts))
+    # prometheus_client's helper is untyped; it spells bounds as the exposition format wants.
+    names: list[str] = [floatToGoString(b) for b in bounds]  # type: ignore[no-untyped-call]
+    return [*zip(names, cumulative, strict=False), ("+Inf", cumulative[-1])]
 
 
 class RequestCollector(Collector):
@@ -154,34 +154,38 @@ class PoolCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         db = self.metrics.database
-        pool = db.pool if db is not None else None
-        size = pool.get_size() if pool is not None else 0
-        idle = pool.get_idle_size() if pool is not None else 0
-        maximum = db.settings.pool_max_size if db is not None else 0
+        stats = db.stats() if db is not None else None
+        size = stats.size if stats is not None else 0
+        idle = stats.idle if stats is not None else 0
         yield GaugeMetricFamily("db_pool_size", "Open connections in the pool.", size)
         yield GaugeMetricFamily("db_pool_idle", "Open connections waiting in the pool.", idle)
         yield GaugeMetricFamily(
             "db_pool_in_use", "Connections lent to requests or checks.", size - idle
         )
-        yield GaugeMetricFamily("db_pool_max", "DB_POOL_MAX_SIZE: the pool's ceiling.", maximum)
+        yield GaugeMetricFamily(
+            "db_pool_max",
+            "DB_POOL_MAX_SIZE: the pool's ceiling.",
+            stats.max_size if stats is not None else 0,
+        )
         yield GaugeMetricFamily(
             "db_up",
             "1 when the last readiness check found the database connected.",
-            1 if db is not None and db.state == CONNECTED else 0,
+            1 if stats is not None and stats.state == DbState.CONNECTED else 0,
         )
-        opened = db.connections_opened if db is not None else 0
-        lost = db.connections_lost if db is not None else 0
-        closed = db.connections_closed if db is not None else 0
-        yield CounterMetricFamily("db_connections_opened", "Connections the pool opened.", opened)
+        yield CounterMetricFamily(
+            "db_connections_opened",
+            "Connections the pool opened.",
+            stats.opened if stats is not None else 0,
+        )
         yield CounterMetricFamily(
             "db_connections_lost",
             "Connections closed by the server or the network (restart, crash, kill).",
-            lost,
+            stats.lost if stats is not None else 0,
         )
         yield CounterMetricFamily(
             "db_connections_closed",
             "Connections the service closed (lifetime, idle, timeout, expiry, shutdown).",
-            closed,
+            stats.closed if stats is not None else 0,
         )
 
 

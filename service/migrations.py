@@ -23,9 +23,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import asyncpg
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from yoyo import read_migrations
@@ -35,6 +34,9 @@ from yoyo.migrations import Migration, MigrationList
 
 from . import migration_lock
 from .settings import DatabaseURL, Settings
+
+if TYPE_CHECKING:
+    import asyncpg  # the start-up hook's type only: `migrate` never loads asyncpg
 
 log = logging.getLogger("service.migrations")
 
@@ -151,7 +153,9 @@ def _states(
     return result
 
 
-def status(url: DatabaseURL, directory: Path | None = None, connect_timeout: float = 5.0):
+def status(
+    url: DatabaseURL, directory: Path | None = None, connect_timeout: float = 5.0
+) -> list[Status]:
     """`migrate list`: read-only, takes no lock (so it works while a run is going on)."""
     migrations = read(directory)
     with connect(url, connect_timeout) as con:
@@ -390,9 +394,13 @@ def startup_hook(settings: Settings) -> Callable[[asyncpg.Pool], Awaitable[None]
             log.info("migrations.applied_on_startup count=%d", count)
         migrations = read()
         async with pool.acquire() as con:
-            yoyo_table, checksum_table = await con.fetchrow(TABLES_EXIST)
+            tables = await con.fetchrow(TABLES_EXIST)
+            assert tables is not None  # a SELECT of two expressions: always one row
+            yoyo_table, checksum_table = tables
             applied = [r[0] for r in await con.fetch(APPLIED_QUERY)] if yoyo_table else []
-            recorded = dict(await con.fetch(CHECKSUMS_QUERY)) if checksum_table else {}
+            recorded: dict[str, str] = (
+                {r[0]: r[1] for r in await con.fetch(CHECKSUMS_QUERY)} if checksum_table else {}
+            )
         states = [s.state for s in _states(migrations, applied, recorded)]
         log.info(
             "migrations.status applied=%d pending=%d changed=%d missing=%d",

@@ -60,7 +60,7 @@ async def test_unknown_paths_and_wrong_methods_are_json() -> None:
     assert set(wrong.headers["allow"].split(", ")) == {"GET", "HEAD"}
 
 
-def _app_with_handlers(settings: Settings):  # noqa: ANN202
+def _app_with_handlers(settings: Settings):
     app = create_app(settings)
 
     async def answer(request: Request) -> JSONResponse:
@@ -94,8 +94,8 @@ async def test_handler_uses_the_helper_and_the_connection_comes_back(settings: S
         assert failed.status_code == 500
         assert failed.json() == {"error": "internal server error"}
         assert "no_such_table" not in failed.text
-        assert database.pool is not None
-        assert database.pool.get_idle_size() == database.pool.get_size()
+        stats = database.stats()
+        assert stats.size > 0 and stats.idle == stats.size
 
 
 async def test_no_free_connection_is_a_503_not_a_hang(database_url: str) -> None:
@@ -112,14 +112,14 @@ async def test_no_free_connection_is_a_503_not_a_hang(database_url: str) -> None
     assert response.headers["retry-after"] == "1"
 
 
-async def test_full_lifecycle_opens_and_closes_every_connection(settings: Settings, server) -> None:  # noqa: ANN001
+async def test_full_lifecycle_opens_and_closes_every_connection(settings: Settings, server) -> None:
     app = _app_with_handlers(settings)
     async with running(app) as client:
         database = await started(app)
         assert (await client.get("/api/v1/ready")).status_code == 200
         results = await asyncio.gather(*(client.get("/answer", params={"n": i}) for i in range(20)))
         assert [r.json()["value"] for r in results] == [2 * i for i in range(20)]
-        pool = database.pool
+        pool = database._pool
     assert pool is not None and pool.is_closing()
     dbname = settings.database_url.value.rsplit("/", 1)[1]  # type: ignore[union-attr]
     with server.admin() as admin:
@@ -134,5 +134,5 @@ async def test_one_pool_per_app(database_url: str) -> None:
     first, second = create_app(test_settings(database_url)), create_app(test_settings(database_url))
     async with running(first), running(second):
         a, b = await started(first), await started(second)
-        assert a.pool is not b.pool
-        assert isinstance(a.pool, asyncpg.Pool)
+        assert a._pool is not b._pool
+        assert isinstance(a._pool, asyncpg.Pool)

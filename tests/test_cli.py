@@ -47,7 +47,7 @@ def test_serve_refuses_a_bad_setting_in_one_line(env: dict[str, str], line: str)
     assert SECRET not in result.stdout + result.stderr
 
 
-def test_in_process_main_returns_2(monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # noqa: ANN001
+def test_in_process_main_returns_2(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     monkeypatch.setenv("WORKERS", "-3")
     monkeypatch.chdir(os.path.dirname(__file__))  # no .env here
     assert cli.main(["serve"]) == 2

@@ -53,7 +53,7 @@ def test_the_file_validates_against_the_compose_schema() -> None:
         lambda c: c.update(servics={}),
     ],
 )
-def test_the_schema_catches_mistakes(break_it) -> None:  # noqa: ANN001
+def test_the_schema_catches_mistakes(break_it) -> None:
     broken = copy.deepcopy(COMPOSE)
     break_it(broken)
     assert schema_errors(broken) != []

@@ -15,6 +15,7 @@ import pytest
 from service import db as dbmod
 from service.db import Database, DatabaseUnavailable, classify
 from service.settings import Settings
+from service.states import DbState
 from tests.conftest import test_settings
 
 # -- pool (the original "engine" class: creation, settings, one per app) ----------------
@@ -24,7 +25,7 @@ async def test_pool_is_created_with_the_configured_settings(database_url: str) -
     settings = test_settings(database_url, pool_min_size=2, pool_max_size=4, command_timeout=7)
     async with Database(settings) as database:
         assert await database.wait_connected(10)
-        pool = database.pool
+        pool = database._pool
         assert pool is not None
         assert (pool.get_min_size(), pool.get_max_size()) == (2, 4)
         assert pool.get_size() == 2  # the floor is opened up front
@@ -32,8 +33,8 @@ async def test_pool_is_created_with_the_configured_settings(database_url: str) -
             name = await con.fetchval("SELECT current_setting('application_name')")
             assert name == dbmod.APPLICATION_NAME
             assert con._con._config.command_timeout == 7
-    assert database.pool is None
-    assert database.state == dbmod.CLOSED
+    assert database.stats().size == 0
+    assert database.state == DbState.CLOSED
 
 
 async def test_statement_cache_size_is_applied(database_url: str) -> None:
@@ -57,26 +58,28 @@ async def test_importing_the_package_opens_nothing() -> None:
 
 
 async def test_helper_gives_a_working_connection_and_releases_it(database: Database) -> None:
-    pool = database.pool
-    assert pool is not None
     async with database.connection() as con:
         assert await con.fetchval("SELECT 40 + 2") == 42
-        assert pool.get_idle_size() == pool.get_size() - 1
-    assert pool.get_idle_size() == pool.get_size()
+        stats = database.stats()
+        assert stats.idle == stats.size - 1
+    assert _all_idle(database)
+
+
+def _all_idle(database: Database) -> bool:
+    stats = database.stats()
+    return stats.size > 0 and stats.idle == stats.size
 
 
 async def test_helper_releases_when_the_block_raises(database: Database) -> None:
-    pool = database.pool
-    assert pool is not None
     with pytest.raises(ZeroDivisionError):
         async with database.connection() as con:
             await con.execute("SELECT 1")
             1 / 0  # noqa: B018
-    assert pool.get_idle_size() == pool.get_size()
+    assert _all_idle(database)
     with pytest.raises(asyncpg.UndefinedTableError):
         async with database.connection() as con:
             await con.execute("SELECT * FROM no_such_table")
-    assert pool.get_idle_size() == pool.get_size()
+    assert _all_idle(database)
     async with database.connection() as con:  # the connection is still good
         assert await con.fetchval("SELECT 1") == 1
 
@@ -89,7 +92,7 @@ async def test_helper_acquire_wait_is_bounded(database_url: str) -> None:
             with pytest.raises(DatabaseUnavailable) as caught:
                 async with database.connection():
                     pass  # pragma: no cover - never reached
-        assert caught.value.reason == dbmod.TIMEOUT
+        assert caught.value.reason == DbState.TIMEOUT
 
 
 async def test_helper_before_the_pool_exists_raises_unavailable() -> None:
@@ -140,29 +143,29 @@ def test_template_database_is_migrated(database_url: str) -> None:
 
 
 async def test_check_succeeds_on_a_working_database(database: Database) -> None:
-    assert await database.check() == dbmod.CONNECTED
-    assert database.state == dbmod.CONNECTED
+    assert await database.check() == DbState.CONNECTED
+    assert database.state == DbState.CONNECTED
 
 
 async def test_check_fails_when_nothing_listens() -> None:
     async with Database(test_settings("postgresql://u@127.0.0.1:1/d")) as database:
         assert not await database.wait_connected(0.5)
-        assert await database.check() == dbmod.DISCONNECTED
+        assert await database.check() == DbState.DISCONNECTED
 
 
-async def test_check_names_a_missing_database(server) -> None:  # noqa: ANN001
+async def test_check_names_a_missing_database(server) -> None:
     async with Database(test_settings(server.url("svc_test_does_not_exist"))) as database:
         assert not await database.wait_connected(0.5)
-        assert await database.check() == dbmod.UNKNOWN_DATABASE
+        assert await database.check() == DbState.UNKNOWN_DATABASE
 
 
 def test_classify_words() -> None:
-    assert classify(TimeoutError()) == dbmod.TIMEOUT
-    assert classify(ConnectionRefusedError()) == dbmod.DISCONNECTED
-    assert classify(asyncpg.InvalidPasswordError("")) == dbmod.UNAUTHORIZED
-    assert classify(asyncpg.TooManyConnectionsError("")) == dbmod.UNAVAILABLE
-    assert classify(asyncpg.AdminShutdownError("")) == dbmod.DISCONNECTED
-    assert classify(ValueError()) == dbmod.ERROR
+    assert classify(TimeoutError()) == DbState.TIMEOUT
+    assert classify(ConnectionRefusedError()) == DbState.DISCONNECTED
+    assert classify(asyncpg.InvalidPasswordError("")) == DbState.UNAUTHORIZED
+    assert classify(asyncpg.TooManyConnectionsError("")) == DbState.UNAVAILABLE
+    assert classify(asyncpg.AdminShutdownError("")) == DbState.DISCONNECTED
+    assert classify(ValueError()) == DbState.ERROR
 
 
 # -- integration: lifecycle, transaction rollback, concurrent connections ----------------
@@ -211,10 +214,10 @@ async def test_state_changes_are_logged_once(
     database: Database, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="service.db")
-    database.set_state(dbmod.DISCONNECTED)
-    database.set_state(dbmod.DISCONNECTED)
-    database.set_state(dbmod.CONNECTED)
-    database.set_state(dbmod.CONNECTED)
+    database._set_state(DbState.DISCONNECTED)
+    database._set_state(DbState.DISCONNECTED)
+    database._set_state(DbState.CONNECTED)
+    database._set_state(DbState.CONNECTED)
     messages = [r.getMessage() for r in caplog.records]
     assert messages == ["db.lost reason=disconnected", "db.connected pool_size=1"]
 
@@ -236,8 +239,8 @@ async def test_failing_startup_hook_keeps_the_pool_unpublished_and_logs_once(
     async with Database(test_settings(database_url), on_connected=[broken_migration]) as database:
         while calls < 4:
             await asyncio.sleep(0.01)
-        assert database.pool is None  # never published: readiness stays 503
-        assert await database.check() == dbmod.ERROR
+        assert database.stats().size == 0  # never published: readiness stays 503
+        assert await database.check() == DbState.ERROR
     failures = [r.getMessage() for r in caplog.records if "startup_failed" in r.getMessage()]
     assert failures == ["db.startup_failed RuntimeError: migration 0002 failed"]
 
@@ -249,7 +252,7 @@ async def test_query_parameters_such_as_sslmode_keep_working(database_url: str) 
     )
     async with Database(settings) as database:
         assert await database.wait_connected(10)
-        assert await database.check() == dbmod.CONNECTED
+        assert await database.check() == DbState.CONNECTED
 
 
 async def test_unset_url_connects_with_the_libpq_variables(
@@ -271,7 +274,7 @@ async def test_unset_url_connects_with_the_libpq_variables(
             assert await con.fetchval("SELECT current_database()") == parts.path.lstrip("/")
 
 
-async def test_close_during_a_startup_hook_leaves_no_connection(database_url: str, server) -> None:  # noqa: ANN001
+async def test_close_during_a_startup_hook_leaves_no_connection(database_url: str, server) -> None:
     hook_running = asyncio.Event()
 
     async def slow_migration(pool: asyncpg.Pool) -> None:

@@ -30,11 +30,11 @@ SECRET = "Hunter2-not-for-logs"
 READY = "/api/v1/ready"
 
 
-def _db(app) -> Database:  # noqa: ANN001
+def _db(app) -> Database:
     return app.state.lifespan_state["db"]
 
 
-async def _ready_state(client) -> tuple[int, str]:  # noqa: ANN001
+async def _ready_state(client) -> tuple[int, str]:
     response = await client.get(READY)
     return response.status_code, response.json()["dependencies"]["db"]
 
@@ -73,7 +73,7 @@ async def test_stopped_database_is_reported_then_recovered(owned_cluster: Cluste
         assert await _ready_state(client) == (200, "connected")
 
 
-def _app_with_query_route(settings):  # noqa: ANN001, ANN202
+def _app_with_query_route(settings):
     app = create_app(settings)
 
     async def pid(request: Request) -> JSONResponse:

@@ -32,7 +32,7 @@ async def scrape(client: httpx.AsyncClient) -> dict[tuple[str, tuple[tuple[str, 
     return samples
 
 
-async def _until(predicate, seconds: float = 15.0) -> None:  # noqa: ANN001
+async def _until(predicate, seconds: float = 15.0) -> None:
     """Wait for a condition the server side settles on its own (no timing asserted)."""
     async with asyncio.timeout(seconds):
         while not predicate():
@@ -82,11 +82,11 @@ async def test_connections_the_service_closes_are_not_lost(settings: Settings) -
     app = create_app(settings)
     async with running(app) as client:
         database = await started(app)
-        assert database.pool is not None
-        await database.pool.expire_connections()
+        assert database.stats().size > 0
+        await database.expire_connections()
         async with database.connection():
             pass  # the expired connection is closed on its way back to the pool
-        await _until(lambda: database.connections_closed >= 1)
+        await _until(lambda: database.stats().closed >= 1)
         samples = await scrape(client)
     assert samples[("db_connections_closed_total", ())] >= 1
     assert samples[("db_connections_lost_total", ())] == 0
@@ -97,9 +97,9 @@ async def test_connections_lost_when_the_server_stops(owned_cluster: Cluster) ->
     app = create_app(test_settings(owned_cluster.url(), pool_min_size=2))
     async with running(app) as client:
         database = await started(app)
-        await _until(lambda: database.pool is not None and database.pool.get_size() >= 2)
+        await _until(lambda: database.stats().size >= 2)
         owned_cluster.stop()
-        await _until(lambda: database.connections_lost >= 2)
+        await _until(lambda: database.stats().lost >= 2)
         samples = await scrape(client)
     assert samples[("db_connections_lost_total", ())] >= 2
     assert samples[("db_connections_closed_total", ())] == 0
@@ -203,7 +203,7 @@ async def test_several_workers_are_announced_once(caplog: pytest.LogCaptureFixtu
 async def test_non_http_scopes_pass_through_uncounted() -> None:
     seen: list[str] = []
 
-    async def inner(scope, receive, send) -> None:  # noqa: ANN001
+    async def inner(scope, receive, send) -> None:
         seen.append(scope["type"])
 
     metrics = Metrics()

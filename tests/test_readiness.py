@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
-from service import db as dbmod
 from service.db import Database
-from service.readiness import WORDS
+from service.states import DbState
 from tests.conftest import test_settings
 
 
 def test_every_word_is_one_lower_case_token() -> None:
-    assert len(set(WORDS)) == len(WORDS)
-    for word in WORDS:
+    words = [state.value for state in DbState]
+    assert len(set(words)) == len(words)
+    for word in words:
         assert word.replace("_", "").isalpha() and word.islower()
 
 
@@ -24,14 +24,13 @@ async def test_a_flood_of_checks_shares_one_round_trip(database_url: str) -> Non
     async with Database(settings) as database:
         assert await database.wait_connected(10)
         results = await asyncio.gather(*(database.check() for _ in range(500)))
-        assert set(results) == {dbmod.CONNECTED}
+        assert set(results) == {DbState.CONNECTED}
         # Had any two checks run at once, the pool would have opened a second connection.
-        assert database.pool is not None
-        assert database.pool.get_size() == 1
+        assert database.stats().size == 1
 
 
-async def test_a_finished_check_is_never_reused(database: Database, server) -> None:  # noqa: ANN001
-    assert await database.check() == dbmod.CONNECTED
+async def test_a_finished_check_is_never_reused(database: Database, server) -> None:
+    assert await database.check() == DbState.CONNECTED
     async with database.connection() as con:
         name = await con.fetchval("SELECT current_database()")
     with server.admin() as admin:  # kill every session of this database from outside
@@ -40,8 +39,8 @@ async def test_a_finished_check_is_never_reused(database: Database, server) -> N
         )
         admin.execute("ALTER DATABASE " + name + " WITH ALLOW_CONNECTIONS false")
     try:
-        assert await database.check() != dbmod.CONNECTED
+        assert await database.check() != DbState.CONNECTED
     finally:
         with server.admin() as admin:
             admin.execute("ALTER DATABASE " + name + " WITH ALLOW_CONNECTIONS true")
-    assert await database.check() == dbmod.CONNECTED
+    assert await database.check() == DbState.CONNECTED
