@@ -59,3 +59,21 @@ def test_unknown_command_is_a_usage_error() -> None:
     assert result.returncode == 2
     assert "invalid choice: 'fly'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_migrate_command_loads_neither_the_app_nor_asyncpg() -> None:
+    probe = (
+        "import sys, runpy\n"
+        "sys.argv = ['service', 'migrate', '--help']\n"
+        "try:\n"
+        "    runpy.run_module('service', run_name='__main__')\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "loaded = {m.split('.')[0] for m in sys.modules}\n"
+        "print(sorted(loaded & {'starlette', 'asyncpg', 'prometheus_client', 'uvicorn'}))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "usage:" in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "[]"
