@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import TypedDict
 
@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from . import health, migrations
 from .db import Database, DatabaseUnavailable, PooledConnection
@@ -67,8 +67,14 @@ def _collector_for_parked_requests() -> Iterator[None]:
         gc.unfreeze()  # tests build many apps in one process
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
-    """Build the app; settings come from the environment unless given."""
+def create_app(
+    settings: Settings | None = None, *, routes: Sequence[BaseRoute] = ()
+) -> Starlette:
+    """Build the app; settings come from the environment unless given.
+
+    `routes`: the features' Starlette routes and mounts, served beside health, readiness
+    and metrics (which win on a clash of paths: they come first).
+    """
     settings = settings or Settings.from_env()
     metrics = Metrics()
 
@@ -88,6 +94,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/api/v1/health", health.health, methods=["GET"]),
             Route("/api/v1/ready", health.ready, methods=["GET"]),
             Route("/metrics", metrics.endpoint, methods=["GET"]),
+            *routes,
         ],
         middleware=[Middleware(HTTPMetrics, metrics=metrics)],
         exception_handlers={

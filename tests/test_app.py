@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from service import create_app, db_connection
 from service.settings import Settings
@@ -60,9 +61,7 @@ async def test_unknown_paths_and_wrong_methods_are_json() -> None:
     assert set(wrong.headers["allow"].split(", ")) == {"GET", "HEAD"}
 
 
-def _app_with_handlers(settings: Settings):
-    app = create_app(settings)
-
+def _app_with_handlers(settings: Settings) -> Starlette:
     async def answer(request: Request) -> JSONResponse:
         async with db_connection(request) as con:
             value = await con.fetchval("SELECT $1::int * 2", int(request.query_params["n"]))
@@ -78,10 +77,8 @@ def _app_with_handlers(settings: Settings):
             await con.execute("SELECT pg_sleep(0.5)")
         return JSONResponse({})
 
-    app.router.routes.extend(
-        [Route("/answer", answer), Route("/broken", broken), Route("/hold", hold)]
-    )
-    return app
+    routes = [Route("/answer", answer), Route("/broken", broken), Route("/hold", hold)]
+    return create_app(settings, routes=routes)
 
 
 async def test_handler_uses_the_helper_and_the_connection_comes_back(settings: Settings) -> None:
@@ -136,3 +133,19 @@ async def test_one_pool_per_app(database_url: str) -> None:
         a, b = await started(first), await started(second)
         assert a._pool is not b._pool
         assert isinstance(a._pool, asyncpg.Pool)
+
+
+async def test_feature_routes_and_mounts_are_served_beside_the_built_in_ones(
+    settings: Settings,
+) -> None:
+    async def hello(request: Request) -> JSONResponse:
+        return JSONResponse({"hello": request.path_params["name"]})
+
+    feature = Mount("/api/v1/signals", routes=[Route("/{name}", hello)])
+    clash = Route("/api/v1/health", hello)  # a feature cannot shadow liveness
+    app = create_app(settings, routes=[feature, clash])
+    async with running(app) as client:
+        await started(app)
+        assert (await client.get("/api/v1/signals/x")).json() == {"hello": "x"}
+        assert (await client.get("/api/v1/health")).json() == {"status": "ok"}
+        assert (await client.get("/api/v1/ready")).status_code == 200
