@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -24,6 +25,7 @@ READY_QUERY = "SELECT 1"
 APPLICATION_NAME = "service"
 RETRY_FIRST_DELAY = 0.25
 RETRY_MAX_DELAY = 5.0
+LIFETIME_SPREAD = 0.05  # DB_POOL_MAX_LIFETIME less up to 5 %, as psycopg_pool does
 
 # Errors after which a connection's state is unknown: it is closed, never reused.
 _BROKEN = (asyncio.CancelledError, TimeoutError, OSError, asyncpg.InterfaceError)
@@ -38,13 +40,13 @@ class DatabaseUnavailable(Exception):
 
 
 class Connection(asyncpg.Connection):
-    """An asyncpg connection that knows its age, so the pool can retire old ones."""
+    """An asyncpg connection that knows when to retire, so the pool can replace old ones."""
 
-    __slots__ = ("opened_at", "closed_by_us", "_nothing_to_reset")
+    __slots__ = ("retire_at", "closed_by_us", "_nothing_to_reset")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.opened_at = time.monotonic()
+        self.retire_at = math.inf  # set by the pool's init (DB_POOL_MAX_LIFETIME)
         # Metrics: a close we start (retire, expire, timeout, shutdown) is not a "lost" one.
         self.closed_by_us = False
         self._nothing_to_reset = False
@@ -121,7 +123,9 @@ def pool_arguments(settings: Settings) -> PoolArguments:
 class PooledConnection:
     """`async with db.connection() as con`: a bounded acquire, always a release.
 
-    A plain class rather than @asynccontextmanager: it runs on every request.
+    A plain class rather than @asynccontextmanager: it runs on every request. The acquire
+    is bounded by `asyncio.timeout`, a timer, where `pool.acquire(timeout=...)` would run
+    `asyncio.wait_for`: a task per acquire on Python 3.11 (docs/performance.md).
     """
 
     __slots__ = ("_db", "_timeout", "_pool", "_con")
@@ -137,7 +141,11 @@ class PooledConnection:
         if pool is None:
             raise DatabaseUnavailable(self._db._state)
         try:
-            self._con = await pool.acquire(timeout=self._timeout)
+            if self._timeout is None:  # the caller bounds it (readiness)
+                self._con = await pool.acquire()
+            else:
+                async with asyncio.timeout(self._timeout):
+                    self._con = await pool.acquire()
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise DatabaseUnavailable(classify(exc)) from exc
         return self._con
@@ -151,18 +159,19 @@ class PooledConnection:
         con, self._con = self._con, None
         if con is None:
             return
+        pool = self._pool
+        assert pool is not None  # set with the connection
         try:
             if exc is not None and isinstance(exc, _BROKEN):
                 # A timed-out or cancelled query leaves the connection mid-protocol; a normal
                 # release would wait for the server to confirm the cancel, which a hung server
                 # never does. Closing the socket is immediate and the pool opens a fresh one.
                 con.terminate()
-            elif time.monotonic() - cast(Connection, con).opened_at > self._db._max_lifetime > 0:
+            elif time.monotonic() > cast(Connection, con).retire_at:
                 # DB_POOL_MAX_LIFETIME (SQLAlchemy's pool_recycle): retire old connections
                 # at release, so the caller never waits for the replacement.
                 await con.close(timeout=self._db._settings.close_timeout)
-            assert self._pool is not None  # set with the connection
-            await self._pool.release(con)
+            await pool.release(con)
         except Exception:
             # The reset or close failed (the server went away meanwhile): the connection is
             # dropped, and the handler's own outcome stands.
@@ -319,6 +328,10 @@ class Database:
     async def _connection_opened(self, connection: asyncpg.Connection) -> None:
         con = cast(Connection, connection)  # connection_class=Connection
         self._opened += 1
+        if self._max_lifetime > 0:
+            # A little spread, so connections opened together do not all retire together.
+            lifetime = self._max_lifetime * random.uniform(1 - LIFETIME_SPREAD, 1)
+            con.retire_at = time.monotonic() + lifetime
         # The listener is called with the pool's proxy when the connection is checked out,
         # and that proxy may already be detached: keep the connection itself.
         con.add_termination_listener(lambda _: self._connection_ended(con))
