@@ -67,9 +67,7 @@ def _collector_for_parked_requests() -> Iterator[None]:
         gc.unfreeze()  # tests build many apps in one process
 
 
-def create_app(
-    settings: Settings | None = None, *, routes: Sequence[BaseRoute] = ()
-) -> Starlette:
+def create_app(settings: Settings | None = None, *, routes: Sequence[BaseRoute] = ()) -> Starlette:
     """Build the app; settings come from the environment unless given.
 
     `routes`: the features' Starlette routes and mounts, served beside health, readiness

@@ -10,15 +10,21 @@ from . import migrate_cli
 from .settings import Settings, SettingsError
 
 EXIT_USAGE = 2
+DEFAULT_APP = "service.app:create_app"
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
+    from uvicorn.importer import ImportFromStringError, import_from_string
 
     from .logs import log_config
 
+    try:
+        import_from_string(args.app)  # a typo is one line here, not uvicorn's log and exit 1
+    except ImportFromStringError as exc:
+        raise SettingsError(f"--app {args.app}: {exc}") from None
     uvicorn.run(
-        "service.app:create_app",
+        args.app,
         factory=True,
         host=settings.host,
         port=settings.port,
@@ -39,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser("serve", help="run the HTTP service (uvicorn, uvloop, httptools)")
+    serve.add_argument(
+        "--app",
+        default=DEFAULT_APP,
+        metavar="MODULE:FACTORY",
+        help="the app factory to serve, e.g. myapp:app calling create_app(routes=...) "
+        f"(default: {DEFAULT_APP})",
+    )
     serve.set_defaults(run=_serve)
     migrate_cli.add_command(commands)
     return parser

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
+import sys
+from pathlib import Path
 
 import asyncpg
+import psycopg
+import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -149,3 +154,29 @@ async def test_feature_routes_and_mounts_are_served_beside_the_built_in_ones(
         assert (await client.get("/api/v1/signals/x")).json() == {"hello": "x"}
         assert (await client.get("/api/v1/health")).json() == {"status": "ok"}
         assert (await client.get("/api/v1/ready")).status_code == 200
+
+
+def _readme_block(language: str, after: str = "## Using the database in a handler") -> str:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index(after) :]
+    return section.split(f"```{language}\n", 1)[1].split("```", 1)[0]
+
+
+async def test_the_readmes_handler_example_runs_as_pasted(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    with psycopg.connect(database_url, autocommit=True) as con:
+        con.execute(_readme_block("sql"))
+    (tmp_path / "myapp.py").write_text(_readme_block("python"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)  # no .env here
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    myapp = importlib.import_module("myapp")
+    app = myapp.app()
+    async with running(app) as client:
+        await started(app)
+        assert (await client.get("/api/v1/orders/1")).json() == {"id": 1, "total": "9.99"}
+        missing = await client.get("/api/v1/orders/2")
+        assert (missing.status_code, missing.json()) == (404, {"error": "no such order"})
+        assert (await client.get("/api/v1/ready")).status_code == 200
+    sys.modules.pop("myapp", None)

@@ -77,3 +77,23 @@ def test_the_migrate_command_loads_neither_the_app_nor_asyncpg() -> None:
     )
     assert "usage:" in result.stdout
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize(
+    ("app", "line"),
+    [
+        ("nosuch:app", 'error: --app nosuch:app: Could not import module "nosuch".\n'),
+        (
+            "service.app:nope",
+            'error: --app service.app:nope: Attribute "nope" not found in module "service.app".\n',
+        ),
+        (
+            "bad",
+            'error: --app bad: Import string "bad" must be in format "<module>:<attribute>".\n',
+        ),
+    ],
+)
+def test_serve_refuses_an_app_it_cannot_import_in_one_line(app: str, line: str) -> None:
+    result = run("serve", "--app", app)
+    assert result.returncode == 2
+    assert result.stderr == line
