@@ -16,7 +16,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from . import health, migrations
-from .db import Database, DatabaseUnavailable, PooledConnection
+from .db import Database, DatabaseUnavailable, PooledConnection, QueryTimeout
+from .disconnect import SCOPE_KEY, CancelOnDisconnect
 from .metrics import HTTPMetrics, Metrics
 from .settings import Settings
 
@@ -40,6 +41,15 @@ async def _db_unavailable(request: Request, exc: Exception) -> JSONResponse:
         {"error": "database unavailable", "db": exc.reason},
         status_code=503,
         headers={"Retry-After": "1"},
+    )
+
+
+async def _query_timeout(request: Request, exc: Exception) -> JSONResponse:
+    # Once per timeout, with the route template; never the query's parameters.
+    route = getattr(request.scope.get("route"), "path", None) or request.url.path
+    log.warning("db.query_timeout route=%s method=%s", route, request.method)
+    return JSONResponse(
+        {"error": "database timeout"}, status_code=503, headers={"Retry-After": "1"}
     )
 
 
@@ -94,9 +104,10 @@ def create_app(settings: Settings | None = None, *, routes: Sequence[BaseRoute] 
             Route("/metrics", metrics.endpoint, methods=["GET"]),
             *routes,
         ],
-        middleware=[Middleware(HTTPMetrics, metrics=metrics)],
+        middleware=[Middleware(HTTPMetrics, metrics=metrics), Middleware(CancelOnDisconnect)],
         exception_handlers={
             HTTPException: _http_error,
+            QueryTimeout: _query_timeout,
             DatabaseUnavailable: _db_unavailable,
             Exception: _server_error,
         },
@@ -114,4 +125,6 @@ def db_connection(request: Request) -> PooledConnection:
     always releases, also when the handler raises; no connection means a 503.
     """
     db: Database = request.state.db
-    return db.connection()
+    connection = db.connection()
+    connection.watch = request.scope.get(SCOPE_KEY)  # a client that leaves cancels the query
+    return connection

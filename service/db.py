@@ -10,11 +10,13 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, TypedDict, cast
+from typing import Any, Protocol, TypedDict, cast
 
 import asyncpg
+from asyncpg.connection import LoggedQuery
 from asyncpg.pool import PoolConnectionProxy
 
+from .histogram import Histogram
 from .settings import Settings
 from .singleflight import SingleFlight
 from .states import DbState
@@ -26,9 +28,19 @@ APPLICATION_NAME = "service"
 RETRY_FIRST_DELAY = 0.25
 RETRY_MAX_DELAY = 5.0
 LIFETIME_SPREAD = 0.05  # DB_POOL_MAX_LIFETIME less up to 5 %, as psycopg_pool does
+# Seconds a timed-out or cancelled query gets to be cancelled on the server before its
+# connection is closed; the pool does not replace it meanwhile (no orphan beside a new one).
+CANCEL_TIMEOUT = 2.0
+CLIENT_DISCONNECTED = "client disconnected"  # the message of a disconnect's cancellation
+# Time to get a connection (most are instant; DB_ACQUIRE_TIMEOUT is 5 s by default).
+ACQUIRE_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Time a handler holds one (a query, a transaction, a slow handler).
+HELD_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0)
 
-# Errors after which a connection's state is unknown: it is closed, never reused.
-_BROKEN = (asyncio.CancelledError, TimeoutError, OSError, asyncpg.InterfaceError)
+# The wait for a query ended on our side; the query may still run on the server.
+_INTERRUPTED = (asyncio.CancelledError, TimeoutError)
+# The connection itself is broken: closed at once, never reused.
+_BROKEN = (OSError, asyncpg.InterfaceError)
 
 
 class DatabaseUnavailable(Exception):
@@ -37,6 +49,13 @@ class DatabaseUnavailable(Exception):
     def __init__(self, reason: DbState) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class QueryTimeout(DatabaseUnavailable, TimeoutError):
+    """A query ran past its timeout and was cancelled on the server; the handler answers 503."""
+
+    def __init__(self) -> None:
+        super().__init__(DbState.TIMEOUT)
 
 
 class Connection(asyncpg.Connection):
@@ -128,18 +147,27 @@ class PooledConnection:
     `asyncio.wait_for`: a task per acquire on Python 3.11 (docs/performance.md).
     """
 
-    __slots__ = ("_db", "_timeout", "_pool", "_con")
+    __slots__ = ("_db", "_timeout", "_pool", "_con", "_acquired_at", "watch")
 
     def __init__(self, db: Database, timeout: float | None) -> None:
         self._db = db
         self._timeout = timeout
         self._pool: asyncpg.Pool | None = None
         self._con: PoolConnectionProxy[asyncpg.Record] | None = None
+        self._acquired_at = 0.0
+        # The request's disconnect watch (service.disconnect), started while we hold a
+        # connection so a client that leaves cancels the handler.
+        self.watch: Watch | None = None
 
     async def __aenter__(self) -> PoolConnectionProxy[asyncpg.Record]:
-        pool = self._pool = self._db._pool
+        db = self._db
+        pool = self._pool = db._pool
         if pool is None:
-            raise DatabaseUnavailable(self._db._state)
+            raise DatabaseUnavailable(db._state)
+        if self.watch is not None:
+            self.watch.start()
+        start = time.perf_counter()
+        db._waiting += 1
         try:
             if self._timeout is None:  # the caller bounds it (readiness)
                 self._con = await pool.acquire()
@@ -147,7 +175,13 @@ class PooledConnection:
                 async with asyncio.timeout(self._timeout):
                     self._con = await pool.acquire()
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            if isinstance(exc, TimeoutError):
+                db._acquire_timeouts += 1
             raise DatabaseUnavailable(classify(exc)) from exc
+        finally:
+            db._waiting -= 1
+            self._acquired_at = now = time.perf_counter()
+            db._acquire_seconds.observe(now - start)
         return self._con
 
     async def __aexit__(
@@ -159,24 +193,39 @@ class PooledConnection:
         con, self._con = self._con, None
         if con is None:
             return
+        db = self._db
+        db._held_seconds.observe(time.perf_counter() - self._acquired_at)
         pool = self._pool
         assert pool is not None  # set with the connection
+        if exc is not None and isinstance(exc, _INTERRUPTED):
+            # asyncpg sent the server a cancel request when the wait ended; the release
+            # waits for its answer, so the query is gone before the slot is reused.
+            db._release_later(pool, con)
+            if isinstance(exc, TimeoutError):
+                db._cancelled["timeout"] += 1
+                raise QueryTimeout() from exc
+            if exc.args == (CLIENT_DISCONNECTED,):
+                db._cancelled["disconnect"] += 1
+            return
         try:
             if exc is not None and isinstance(exc, _BROKEN):
-                # A timed-out or cancelled query leaves the connection mid-protocol; a normal
-                # release would wait for the server to confirm the cancel, which a hung server
-                # never does. Closing the socket is immediate and the pool opens a fresh one.
-                con.terminate()
+                con.terminate()  # the socket is gone: nothing to cancel, nothing to reuse
             elif time.monotonic() > cast(Connection, con).retire_at:
                 # DB_POOL_MAX_LIFETIME (SQLAlchemy's pool_recycle): retire old connections
                 # at release, so the caller never waits for the replacement.
-                await con.close(timeout=self._db._settings.close_timeout)
+                await con.close(timeout=db._settings.close_timeout)
             await pool.release(con)
         except Exception:
             # The reset or close failed (the server went away meanwhile): the connection is
             # dropped, and the handler's own outcome stands.
             if not con.is_closed():
                 con.terminate()
+
+
+class Watch(Protocol):
+    """What the helper needs of a request's disconnect watch (service/disconnect.py)."""
+
+    def start(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +239,11 @@ class PoolStats:
     opened: int  # connections the pool opened, ever
     closed: int  # ... that the service closed (lifetime, idle, timeout, expiry, shutdown)
     lost: int  # ... that the server or the network closed (restart, crash, kill)
+    waiting: int  # callers waiting for a connection now
+    acquire_seconds: Histogram  # time to get one through the helper, timeouts included
+    acquire_timeouts: int  # callers that got none within DB_ACQUIRE_TIMEOUT
+    held_seconds: Histogram  # time a caller held one
+    cancelled: dict[str, int]  # queries cancelled on the server, by reason
 
 
 class Database:
@@ -225,6 +279,12 @@ class Database:
         self._opened = 0
         self._lost = 0
         self._closed = 0
+        self._waiting = 0
+        self._acquire_seconds = Histogram(ACQUIRE_BUCKETS)
+        self._acquire_timeouts = 0
+        self._held_seconds = Histogram(HELD_BUCKETS)
+        self._cancelled = {"timeout": 0, "disconnect": 0}
+        self._releasing: set[asyncio.Task[None]] = set()  # cancelled queries being released
 
     async def __aenter__(self) -> Database:
         self.start()
@@ -249,6 +309,11 @@ class Database:
             opened=self._opened,
             closed=self._closed,
             lost=self._lost,
+            waiting=self._waiting,
+            acquire_seconds=self._acquire_seconds.copy(),
+            acquire_timeouts=self._acquire_timeouts,
+            held_seconds=self._held_seconds.copy(),
+            cancelled=dict(self._cancelled),
         )
 
     def start(self) -> None:
@@ -313,9 +378,32 @@ class Database:
             pool.terminate()
         else:
             log.info("db.closed")
+        if self._releasing:  # ended by the close or terminate above
+            await asyncio.gather(*self._releasing, return_exceptions=True)
         self._state = DbState.CLOSED
 
     # -- the pool's life -----------------------------------------------------------------
+
+    def _release_later(self, pool: asyncpg.Pool, con: PoolConnectionProxy[asyncpg.Record]) -> None:
+        """Release after the server confirms the cancel, within CANCEL_TIMEOUT, else close.
+
+        In the background: the caller answers at once, and the slot stays taken until the
+        query is gone, so the pool never opens a replacement beside a running orphan.
+        """
+        task = asyncio.get_running_loop().create_task(self._release_bounded(pool, con))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+
+    @staticmethod
+    async def _release_bounded(
+        pool: asyncpg.Pool, con: PoolConnectionProxy[asyncpg.Record]
+    ) -> None:
+        try:
+            await pool.release(con, timeout=CANCEL_TIMEOUT)
+        except (Exception, asyncio.CancelledError):
+            # asyncpg terminated it: a hung server never confirmed the cancel.
+            if not con.is_closed():
+                con.terminate()
 
     async def _create_pool(self) -> asyncpg.Pool:
         return await asyncpg.create_pool(
@@ -328,6 +416,8 @@ class Database:
     async def _connection_opened(self, connection: asyncpg.Connection) -> None:
         con = cast(Connection, connection)  # connection_class=Connection
         self._opened += 1
+        if self._settings.slow_query_ms > 0:
+            con.add_query_logger(self._log_if_slow)
         if self._max_lifetime > 0:
             # A little spread, so connections opened together do not all retire together.
             lifetime = self._max_lifetime * random.uniform(1 - LIFETIME_SPREAD, 1)
@@ -335,6 +425,20 @@ class Database:
         # The listener is called with the pool's proxy when the connection is checked out,
         # and that proxy may already be detached: keep the connection itself.
         con.add_termination_listener(lambda _: self._connection_ended(con))
+
+    def _log_if_slow(self, record: LoggedQuery) -> None:
+        """DB_SLOW_QUERY_MS: the statement and its duration, never its parameters."""
+        elapsed_ms = record.elapsed * 1000
+        if elapsed_ms >= self._settings.slow_query_ms:
+            outcome = (
+                "" if record.exception is None else f" error={type(record.exception).__name__}"
+            )
+            log.warning(
+                "db.slow_query duration_ms=%.1f%s statement=%s",
+                elapsed_ms,
+                outcome,
+                " ".join(record.query.split()),
+            )
 
     def _connection_ended(self, con: Connection) -> None:
         if con.closed_by_us:

@@ -12,7 +12,6 @@ multiprocess mode is not used).
 from __future__ import annotations
 
 import time
-from bisect import bisect_left
 from collections.abc import Iterator
 from itertools import accumulate
 
@@ -31,23 +30,16 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .db import Database
+from .disconnect import SCOPE_KEY as DISCONNECT_KEY
+from .histogram import Histogram
 from .states import DbState
 
+CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer
 UNMATCHED = "unmatched"  # the route label of a path no route knows: no raw paths as labels
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Readiness answers within DB_READY_TIMEOUT (0.8 s by default): resolve below and around it.
 READY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.8, 1.0, 2.5)
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
-
-class _Histogram:
-    """Bucket counts for one label set; cumulated only at scrape time."""
-
-    __slots__ = ("counts", "total")
-
-    def __init__(self, size: int) -> None:
-        self.counts = [0] * (size + 1)  # the last one is +Inf
-        self.total = 0.0
 
 
 class Metrics:
@@ -62,16 +54,14 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.database: Database | None = None  # set by the lifespan
         self.ready_checks: dict[str, int] = {}
-        self.ready_duration = _Histogram(len(READY_BUCKETS))
-        self.http: dict[tuple[str, str, int], _Histogram] = {}
+        self.ready_duration = Histogram(READY_BUCKETS)
+        self.http: dict[tuple[str, str, int], Histogram] = {}
         self.registry.register(PoolCollector(self))
         self.registry.register(RequestCollector(self))
 
     def observe_ready(self, outcome: str, seconds: float) -> None:
         self.ready_checks[outcome] = self.ready_checks.get(outcome, 0) + 1
-        histogram = self.ready_duration
-        histogram.counts[bisect_left(READY_BUCKETS, seconds)] += 1
-        histogram.total += seconds
+        self.ready_duration.observe(seconds)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         if method not in METHODS:
@@ -79,9 +69,8 @@ class Metrics:
         key = (route, method, status)
         histogram = self.http.get(key)
         if histogram is None:
-            histogram = self.http[key] = _Histogram(len(HTTP_BUCKETS))
-        histogram.counts[bisect_left(HTTP_BUCKETS, seconds)] += 1
-        histogram.total += seconds
+            histogram = self.http[key] = Histogram(HTTP_BUCKETS)
+        histogram.observe(seconds)
 
     async def endpoint(self, request: Request) -> Response:
         """GET /metrics: the Prometheus text format."""
@@ -92,10 +81,13 @@ class Metrics:
         )
 
 
-def _buckets(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, float]]:
-    cumulative: list[float] = list(accumulate(counts))
+def _buckets(histogram: Histogram) -> list[tuple[str, float]]:
+    cumulative: list[float] = list(accumulate(histogram.counts))
     # prometheus_client's helper is untyped; it spells bounds as the exposition format wants.
-    names: list[str] = [floatToGoString(b) for b in bounds]  # type: ignore[no-untyped-call]
+    names: list[str] = [
+        floatToGoString(b)  # type: ignore[no-untyped-call]
+        for b in histogram.bounds
+    ]
     return [*zip(names, cumulative, strict=False), ("+Inf", cumulative[-1])]
 
 
@@ -119,7 +111,7 @@ class RequestCollector(Collector):
         yield HistogramMetricFamily(
             "db_ready_check_duration_seconds",
             "Time to answer a readiness check, within DB_READY_TIMEOUT.",
-            buckets=_buckets(READY_BUCKETS, ready.counts),
+            buckets=_buckets(ready),
             sum_value=ready.total,
         )
         requests = CounterMetricFamily(
@@ -127,12 +119,10 @@ class RequestCollector(Collector):
             "HTTP requests by route template, method and status.",
             labels=["route", "method", "status"],
         )
-        by_route: dict[tuple[str, str], _Histogram] = {}
+        by_route: dict[tuple[str, str], Histogram] = {}
         for (route, method, status), histogram in sorted(m.http.items()):
             requests.add_metric([route, method, str(status)], sum(histogram.counts))
-            merged = by_route.setdefault((route, method), _Histogram(len(HTTP_BUCKETS)))
-            merged.counts = [a + b for a, b in zip(merged.counts, histogram.counts, strict=True)]
-            merged.total += histogram.total
+            by_route.setdefault((route, method), Histogram(HTTP_BUCKETS)).merge(histogram)
         yield requests
         duration = HistogramMetricFamily(
             "http_request_duration_seconds",
@@ -140,9 +130,7 @@ class RequestCollector(Collector):
             labels=["route", "method"],
         )
         for (route, method), histogram in by_route.items():
-            duration.add_metric(
-                [route, method], _buckets(HTTP_BUCKETS, histogram.counts), histogram.total
-            )
+            duration.add_metric([route, method], _buckets(histogram), histogram.total)
         yield duration
 
 
@@ -187,6 +175,36 @@ class PoolCollector(Collector):
             "Connections the service closed (lifetime, idle, timeout, expiry, shutdown).",
             stats.closed if stats is not None else 0,
         )
+        if stats is None:
+            return
+        yield GaugeMetricFamily(
+            "db_pool_waiting", "Callers waiting for a pool connection now.", stats.waiting
+        )
+        yield HistogramMetricFamily(
+            "db_pool_acquire_seconds",
+            "Time to get a connection through the helper, timeouts included.",
+            buckets=_buckets(stats.acquire_seconds),
+            sum_value=stats.acquire_seconds.total,
+        )
+        yield CounterMetricFamily(
+            "db_pool_acquire_timeouts",
+            "Callers that got no connection within DB_ACQUIRE_TIMEOUT (answered 503).",
+            stats.acquire_timeouts,
+        )
+        yield HistogramMetricFamily(
+            "db_pool_held_seconds",
+            "Time a caller held a connection, from acquire to release.",
+            buckets=_buckets(stats.held_seconds),
+            sum_value=stats.held_seconds.total,
+        )
+        cancelled = CounterMetricFamily(
+            "db_queries_cancelled",
+            "Queries cancelled on the server: timeout (DB_COMMAND_TIMEOUT) or disconnect.",
+            labels=["reason"],
+        )
+        for reason, count in sorted(stats.cancelled.items()):
+            cancelled.add_metric([reason], count)
+        yield cancelled
 
 
 class HTTPMetrics:
@@ -212,6 +230,9 @@ class HTTPMetrics:
         try:
             await self.app(scope, receive, send_status)
         finally:
+            watch = scope.get(DISCONNECT_KEY)
+            if watch is not None and watch.fired:
+                status = CLIENT_CLOSED  # cancelled: no answer was sent
             # The router puts the matched route into the scope; its path is the template.
             route = getattr(scope.get("route"), "path", None) or UNMATCHED
             self.metrics.observe_request(

@@ -139,6 +139,16 @@ def _seconds(*, allow_zero: bool = False) -> Callable[[str, str], float]:
     return parse
 
 
+def _milliseconds(var: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{var}: {raw!r} is not a number of milliseconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise SettingsError(f"{var}: {raw!r} is out of range (milliseconds, must be >= 0)")
+    return value
+
+
 def _choice(*choices: str) -> Callable[[str, str], str]:
     def parse(var: str, raw: str) -> str:
         value = raw.lower()
@@ -193,6 +203,7 @@ class Settings:
     statement_cache_size: int = setting("DB_STATEMENT_CACHE_SIZE", _integer(0), 100)
     ready_timeout: float = setting("DB_READY_TIMEOUT", _seconds(), 0.8)
     close_timeout: float = setting("DB_CLOSE_TIMEOUT", _seconds(), 10.0)
+    slow_query_ms: float = setting("DB_SLOW_QUERY_MS", _milliseconds, 0.0)
     migrate_on_startup: bool = setting("DB_MIGRATE_ON_STARTUP", _boolean, False)
     migrate_lock_timeout: float = setting("MIGRATE_LOCK_TIMEOUT", _seconds(allow_zero=True), 60.0)
     host: str = setting("HOST", _host, "127.0.0.1")

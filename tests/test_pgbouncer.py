@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
+import psycopg
 import pytest
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -26,7 +27,7 @@ from starlette.routing import Route
 from service import create_app, db_connection
 from service.db import Database
 from tests.cluster import Cluster, _server_user, free_port
-from tests.conftest import running, test_settings
+from tests.conftest import running, started, test_settings
 
 BINARY = shutil.which("pgbouncer", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/usr/local/sbin")
 pytestmark = pytest.mark.skipif(
@@ -215,3 +216,33 @@ async def test_readiness_through_pgbouncer_when_postgres_restarts(
             while (await client.get("/api/v1/ready")).status_code != 200:
                 await asyncio.sleep(0.1)
         assert (await client.get("/n/7")).json() == {"n": 7, "next": 8}
+
+
+async def _sleep(request: Request) -> JSONResponse:
+    async with db_connection(request) as con:
+        await con.execute("SELECT pg_sleep($1)", 30.0)
+    return JSONResponse({})  # pragma: no cover - never reached: the query times out
+
+
+async def test_a_timed_out_query_is_cancelled_on_the_server_through_pgbouncer(
+    pgbouncer: str, owned_cluster: Cluster
+) -> None:
+    settings = test_settings(pgbouncer, statement_cache_size=0, command_timeout=0.3)
+    app = create_app(settings, routes=[Route("/sleep", _sleep)])
+
+    def sleeping() -> int:
+        with psycopg.connect(owned_cluster.url(), autocommit=True) as admin:
+            row = admin.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%'"
+                " AND state = 'active' AND pid <> pg_backend_pid()"
+            ).fetchone()
+        return int(row[0]) if row else -1
+
+    async with running(app) as client:
+        await started(app)
+        response = await client.get("/sleep")
+        assert (response.status_code, response.json()) == (503, {"error": "database timeout"})
+        async with asyncio.timeout(15):  # PgBouncer forwards the cancel request
+            while await asyncio.to_thread(sleeping) != 0:
+                await asyncio.sleep(0.05)
+        assert (await client.get("/api/v1/ready")).status_code == 200
