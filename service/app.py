@@ -20,6 +20,7 @@ from .db import Database, DatabaseUnavailable, PooledConnection, QueryTimeout
 from .disconnect import SCOPE_KEY, CancelOnDisconnect
 from .metrics import HTTPMetrics, Metrics
 from .settings import Settings
+from .tracing import RouteName, Tracing
 
 log = logging.getLogger("service.app")
 
@@ -85,6 +86,7 @@ def create_app(settings: Settings | None = None, *, routes: Sequence[BaseRoute] 
     """
     settings = settings or Settings.from_env()
     metrics = Metrics()
+    tracing = Tracing(settings) if settings.otel_endpoint else None
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
@@ -92,10 +94,20 @@ def create_app(settings: Settings | None = None, *, routes: Sequence[BaseRoute] 
             log.warning(
                 "metrics.per_worker workers=%d: /metrics shows one worker", settings.workers
             )
-        async with Database(settings, on_connected=[migrations.startup_hook(settings)]) as db:
-            metrics.database = db
-            with _collector_for_parked_requests():
-                yield {"db": db}
+        if tracing is not None:
+            tracing.start()
+        try:
+            async with Database(settings, on_connected=[migrations.startup_hook(settings)]) as db:
+                metrics.database = db
+                with _collector_for_parked_requests():
+                    yield {"db": db}
+        finally:
+            if tracing is not None:
+                tracing.stop()
+
+    middleware = [Middleware(HTTPMetrics, metrics=metrics), Middleware(CancelOnDisconnect)]
+    if tracing is not None:
+        middleware[:0] = [Middleware(tracing.middleware, **tracing.options), Middleware(RouteName)]
 
     app = Starlette(
         routes=[
@@ -104,7 +116,7 @@ def create_app(settings: Settings | None = None, *, routes: Sequence[BaseRoute] 
             Route("/metrics", metrics.endpoint, methods=["GET"]),
             *routes,
         ],
-        middleware=[Middleware(HTTPMetrics, metrics=metrics), Middleware(CancelOnDisconnect)],
+        middleware=middleware,
         exception_handlers={
             HTTPException: _http_error,
             QueryTimeout: _query_timeout,

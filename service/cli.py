@@ -18,7 +18,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from uvicorn.importer import ImportFromStringError, import_from_string
 
     from .logs import log_config
+    from .tracing import check_installed
 
+    check_installed(settings)
     try:
         import_from_string(args.app)  # a typo is one line here, not uvicorn's log and exit 1
     except ImportFromStringError as exc:

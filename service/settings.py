@@ -149,6 +149,12 @@ def _milliseconds(var: str, raw: str) -> float:
     return value
 
 
+def _url_text(var: str, raw: str) -> str:
+    if not raw.startswith(("http://", "https://")) or any(c.isspace() for c in raw):
+        raise SettingsError(f"{var}: {raw!r} is not an http:// or https:// URL")
+    return raw
+
+
 def _choice(*choices: str) -> Callable[[str, str], str]:
     def parse(var: str, raw: str) -> str:
         value = raw.lower()
@@ -210,6 +216,7 @@ class Settings:
     port: int = setting("PORT", _integer(1, 65535), 8000)
     workers: int = setting("WORKERS", _integer(1), 1)
     shutdown_timeout: float = setting("SHUTDOWN_TIMEOUT", _seconds(), 30.0)
+    otel_endpoint: str = setting("OTEL_EXPORTER_OTLP_ENDPOINT", _url_text, "")
     log_level: str = setting("LOG_LEVEL", _choice(*_LOG_LEVELS), "info")
     log_format: str = setting("LOG_FORMAT", _choice("text", "json"), "text")
     access_log: bool = setting("ACCESS_LOG", _boolean, True)
