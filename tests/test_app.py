@@ -11,7 +11,7 @@ from starlette.routing import Route
 
 from service import create_app, db_connection
 from service.settings import Settings
-from tests.conftest import running, started, test_settings
+from tests.support.apps import running, started, test_settings
 
 READY = {"ready": True, "dependencies": {"db": "connected", "redis": "unknown"}}
 

@@ -15,7 +15,7 @@ import pytest
 from service import db as dbmod
 from service.db import Database, DatabaseUnavailable, classify
 from service.settings import Settings
-from tests.conftest import test_settings
+from tests.support.apps import test_settings
 
 # -- pool (the original "engine" class: creation, settings, one per app) ----------------
 

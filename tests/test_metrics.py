@@ -15,8 +15,8 @@ from starlette.routing import Route
 from service import create_app
 from service.metrics import HTTPMetrics, Metrics
 from service.settings import Settings
-from tests.cluster import Cluster
-from tests.conftest import running, started, test_settings
+from tests.support.apps import running, started, test_settings
+from tests.support.cluster import Cluster
 
 UNREACHABLE = "postgresql://app@127.0.0.1:1/orders"
 

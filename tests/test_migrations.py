@@ -23,8 +23,9 @@ from service.app import create_app
 from service.cli import main
 from service.migrations import MigrationError, Runner
 from service.settings import DatabaseURL
-from tests.cluster import free_port
-from tests.conftest import Server, running, test_settings
+from tests.support.apps import running, test_settings
+from tests.support.cluster import free_port
+from tests.support.servers import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "sql"

@@ -25,8 +25,8 @@ from starlette.routing import Route
 
 from service import create_app, db_connection
 from service.db import Database
-from tests.cluster import Cluster, _server_user, free_port
-from tests.conftest import running, test_settings
+from tests.support.apps import running, test_settings
+from tests.support.cluster import Cluster, _server_user, free_port
 
 BINARY = shutil.which("pgbouncer", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/usr/local/sbin")
 pytestmark = pytest.mark.skipif(

@@ -7,7 +7,7 @@ import asyncio
 from service import db as dbmod
 from service.db import Database
 from service.readiness import WORDS
-from tests.conftest import test_settings
+from tests.support.apps import test_settings
 
 
 def test_every_word_is_one_lower_case_token() -> None:
