@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import asyncpg
 import psycopg
@@ -180,10 +182,14 @@ async def test_transaction_rolls_back_on_error(database: Database) -> None:
         assert await con.fetchval("SELECT count(*) FROM notes") == 0
 
 
-async def test_uncommitted_transaction_is_rolled_back_at_release(database: Database) -> None:
+async def test_uncommitted_transaction_is_rolled_back_at_release(
+    database: Database, expect_loop_exception: Callable[[str], AbstractContextManager[None]]
+) -> None:
     async with database.connection() as con:
         await con.execute("CREATE TABLE items (id int)")
-    with pytest.raises(RuntimeError):
+    # asyncpg tells the loop's exception handler when it resets a connection mid-transaction.
+    resetting = expect_loop_exception("Resetting connection with an active transaction")
+    with resetting, pytest.raises(RuntimeError):
         async with database.connection() as con:
             tx = con.transaction()
             await tx.start()
