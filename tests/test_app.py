@@ -73,9 +73,14 @@ def _app_with_handlers(settings: Settings):  # noqa: ANN202
             await con.execute("SELECT * FROM no_such_table")
         return JSONResponse({})  # pragma: no cover - never reached
 
+    # /hold keeps its connection from `holding` until the test sets `release`.
+    app.state.holding, app.state.release = asyncio.Event(), asyncio.Event()
+
     async def hold(request: Request) -> JSONResponse:
         async with db_connection(request) as con:
-            await con.execute("SELECT pg_sleep(0.5)")
+            await con.execute("SELECT 1")
+            app.state.holding.set()
+            await app.state.release.wait()
         return JSONResponse({})
 
     app.router.routes.extend(
@@ -104,8 +109,9 @@ async def test_no_free_connection_is_a_503_not_a_hang(database_url: str) -> None
     async with running(app) as client:
         await started(app)
         holding = asyncio.create_task(client.get("/hold"))
-        await asyncio.sleep(0.1)
+        await app.state.holding.wait()  # the pool's only connection is lent out
         response = await client.get("/answer", params={"n": 1})
+        app.state.release.set()
         assert (await holding).status_code == 200
     assert response.status_code == 503
     assert response.json() == {"error": "database unavailable", "db": "timeout"}

@@ -18,6 +18,7 @@ from service import db as dbmod
 from service.db import Database, DatabaseUnavailable, classify
 from service.settings import Settings
 from tests.support.apps import test_settings
+from tests.support.polling import wait_until_async
 
 # -- pool (the original "engine" class: creation, settings, one per app) ----------------
 
@@ -240,8 +241,7 @@ async def test_failing_startup_hook_keeps_the_pool_unpublished_and_logs_once(
         raise RuntimeError("migration 0002 failed")
 
     async with Database(test_settings(database_url), on_connected=[broken_migration]) as database:
-        while calls < 4:
-            await asyncio.sleep(0.01)
+        await wait_until_async(lambda: calls >= 4, "four failed start-up attempts", interval=0.01)
         assert database.pool is None  # never published: readiness stays 503
         assert await database.check() == dbmod.ERROR
     failures = [r.getMessage() for r in caplog.records if "startup_failed" in r.getMessage()]
@@ -289,11 +289,13 @@ async def test_close_during_a_startup_hook_leaves_no_connection(database_url: st
         await hook_running.wait()
     name = database_url.rsplit("/", 1)[1]
     with server.admin() as admin:
-        for _ in range(50):  # the server sees the terminated socket close
-            left = admin.execute(
+
+        def sessions() -> tuple[int, ...] | None:
+            return admin.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (name,)
             ).fetchone()
-            if left == (0,):
-                break
-            await asyncio.sleep(0.05)
+
+        # The server sees the terminated socket close.
+        await wait_until_async(lambda: sessions() == (0,), "the server to drop the session")
+        left = sessions()
     assert left == (0,)

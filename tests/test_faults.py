@@ -7,10 +7,11 @@ import asyncio
 import logging
 import signal
 import socket
-import time
 from pathlib import Path
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -19,6 +20,7 @@ from service import create_app, db_connection
 from service.db import Database
 from tests.support.apps import running, test_settings
 from tests.support.cluster import Cluster
+from tests.support.polling import wait_until, wait_until_async
 from tests.support.process import READY, ServiceProcess
 
 pytestmark = pytest.mark.fault
@@ -43,8 +45,8 @@ async def test_degraded_start_then_ready_by_itself(
     async with running(app) as client:
         assert (await client.get("/api/v1/health")).status_code == 200
         assert await _ready_state(client) in {(503, "connecting"), (503, "disconnected")}
-        while _db(app).state == "connecting":  # the first attempt is under way
-            await asyncio.sleep(0.05)
+        # The first attempt is under way; wait for its outcome.
+        await wait_until_async(lambda: _db(app).state != "connecting", "the first attempt")
         for _ in range(5):
             assert await _ready_state(client) == (503, "disconnected")
         await asyncio.to_thread(owned_cluster.start)
@@ -139,12 +141,13 @@ async def test_wrong_password_is_unauthorized_and_never_printed(
         seen: list[str] = []
         app = create_app(test_settings(cluster.url(password=wrong)))
         async with running(app) as client:
-            response = await client.get(READY)
-            for _ in range(20):
-                if response.json()["dependencies"]["db"] != "connecting":
-                    break
-                await asyncio.sleep(0.1)
+
+            async def answered() -> httpx.Response | None:
                 response = await client.get(READY)
+                settled = response.json()["dependencies"]["db"] != "connecting"
+                return response if settled else None
+
+            response = await wait_until_async(answered, "an answer past connecting", interval=0.1)
             assert (response.status_code, response.json()["dependencies"]["db"]) == (
                 503,
                 "unauthorized",
@@ -175,6 +178,16 @@ def _serve(url: str, **env: str) -> ServiceProcess:
     return ServiceProcess(url, capture_output=True, **{**bounds, **chatty, **env})
 
 
+def _pool_in_use(service: ServiceProcess) -> float:
+    """The service's db_pool_in_use gauge (reading /metrics never touches the database)."""
+    answer = service.fetch("/metrics")
+    assert answer is not None and answer[0] == 200, answer
+    for family in text_string_to_metric_families(answer[1].decode()):
+        if family.name == "db_pool_in_use":
+            return family.samples[0].value
+    raise AssertionError("no db_pool_in_use in /metrics")
+
+
 def _service_sessions(cluster: Cluster) -> int:
     import psycopg
 
@@ -199,14 +212,18 @@ def test_sigterm_closes_every_connection(owned_cluster: Cluster) -> None:
 
 
 def test_sigterm_with_a_hung_database_stays_bounded(owned_cluster: Cluster) -> None:
-    with _serve(owned_cluster.url()) as service:
+    # A readiness deadline of 1 s keeps the probe in flight long enough to be seen there.
+    with _serve(owned_cluster.url(), DB_READY_TIMEOUT="1") as service:
         service.start()
         owned_cluster.pause()
         try:
             # The request is on the wire before SIGTERM; its answer is read after.
             in_flight = socket.create_connection(("127.0.0.1", service.port), timeout=30)
             in_flight.sendall(f"GET {READY} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
-            time.sleep(0.1)
+            # In flight once its check holds a connection (the hung server never answers it).
+            wait_until(
+                lambda: _pool_in_use(service) >= 1, "the probe to hold a connection", interval=0.01
+            )
             # Bounded: DB_CLOSE_TIMEOUT is 1 s; a hang here fails the test at 30 s.
             returncode = service.terminate(timeout=30)
             output = service.output()
@@ -219,8 +236,6 @@ def test_sigterm_with_a_hung_database_stays_bounded(owned_cluster: Cluster) -> N
     assert answer.startswith("HTTP/1.1 503"), answer
     assert '"db":"timeout"' in answer
     assert "db.close timed out after 1.0s; terminating" in output or "db.closed" in output
-    for _ in range(50):  # the resumed server notices the closed sockets
-        if _service_sessions(owned_cluster) == 0:
-            break
-        time.sleep(0.1)
+    # The resumed server notices the closed sockets.
+    wait_until(lambda: _service_sessions(owned_cluster) == 0, "the server to drop the sessions")
     assert _service_sessions(owned_cluster) == 0
