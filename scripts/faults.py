@@ -1,8 +1,8 @@
 """What /api/v1/ready answers while the database is stopped, hung and restarted (measured).
 
-Starts a throwaway cluster (tests/cluster.py) and the real service (`python -m service serve`),
-breaks the cluster in each way and times the probes from outside, like a kubelet would.
-Run through `scripts/faults`.
+Starts a throwaway cluster (tests/support/cluster.py) and the real service
+(tests/support/process.py), breaks the cluster in each way and times the probes from
+outside, like a kubelet would. Run through `scripts/faults`.
 """
 
 from __future__ import annotations
@@ -16,15 +16,16 @@ import tempfile
 import time
 from pathlib import Path
 
-# scripts/bench.py, beside this file; it also puts the checkout on sys.path.
-from bench import READY, Service
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.cluster import Cluster
+from tests.support.cluster import Cluster
+from tests.support.polling import wait_until
+from tests.support.process import READY, ServiceProcess
 
 PROBES = 20
 
 
-def probe(service: Service) -> tuple[int, str, float]:
+def probe(service: ServiceProcess) -> tuple[int, str, float]:
     """(status, the readiness word, ms)."""
     start = time.perf_counter()
     answer = service.fetch(READY)
@@ -36,24 +37,23 @@ def probe(service: Service) -> tuple[int, str, float]:
     return status, word, elapsed
 
 
-def measure(service: Service, label: str, rows: list[str]) -> None:
+def measure(service: ServiceProcess, label: str, rows: list[str]) -> None:
     results = [probe(service) for _ in range(PROBES)]
     answers = sorted({f"{s} {w}" for s, w, _ in results})
     ms = [e for _, _, e in results]
     rows.append(f"| {label} | {', '.join(answers)} | {statistics.median(ms):.1f} | {max(ms):.1f} |")
 
 
-def until_ready(service: Service) -> float:
+def until_ready(service: ServiceProcess) -> float:
     start = time.perf_counter()
-    while service.get(READY) != 200:
-        time.sleep(0.01)
+    wait_until(lambda: service.get(READY) == 200, "readiness to answer 200", interval=0.01)
     return time.perf_counter() - start
 
 
 def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="service-faults-"))
     cluster = Cluster(work / "pg").init().start()
-    service = Service(cluster.url())
+    service = ServiceProcess(cluster.url())
     rows = ["| database | answers | median ms | max ms |", "|---|---|---|---|"]
     try:
         service.start()
@@ -73,8 +73,7 @@ def main() -> int:
         first = probe(service)
         measure(service, f"restarted -m immediate (first probe: {first[0]} {first[1]})", rows)
         start = time.perf_counter()
-        service.stop()
-        code = service.process.returncode if service.process else None
+        code = service.terminate()
         rows.append(
             f"\nSIGTERM to exit: {(time.perf_counter() - start) * 1000:.0f} ms, status {code}"
         )

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger("service.singleflight")
 
 
 class SingleFlight(Generic[T]):
@@ -83,6 +85,8 @@ class SingleFlight(Generic[T]):
         except asyncio.CancelledError:
             result = None
             raise
+        except Exception:
+            log.exception("singleflight.probe_failed")  # a bug in the probe: answered on_error
         finally:
             # In the step that produced the result, so no later caller can join this run.
             self._task = None

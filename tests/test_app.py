@@ -17,7 +17,7 @@ from starlette.routing import Mount, Route
 
 from service import create_app, db_connection
 from service.settings import Settings
-from tests.conftest import running, started, test_settings
+from tests.support.apps import running, started, test_settings
 
 READY = {"ready": True, "dependencies": {"db": "connected", "redis": "unknown"}}
 
@@ -77,13 +77,20 @@ def _app_with_handlers(settings: Settings) -> Starlette:
             await con.execute("SELECT * FROM no_such_table")
         return JSONResponse({})  # pragma: no cover - never reached
 
+    # /hold keeps its connection from `holding` until the test sets `release`.
+    holding, release = asyncio.Event(), asyncio.Event()
+
     async def hold(request: Request) -> JSONResponse:
         async with db_connection(request) as con:
-            await con.execute("SELECT pg_sleep(0.5)")
+            await con.execute("SELECT 1")
+            holding.set()
+            await release.wait()
         return JSONResponse({})
 
     routes = [Route("/answer", answer), Route("/broken", broken), Route("/hold", hold)]
-    return create_app(settings, routes=routes)
+    app = create_app(settings, routes=routes)
+    app.state.holding, app.state.release = holding, release
+    return app
 
 
 async def test_handler_uses_the_helper_and_the_connection_comes_back(settings: Settings) -> None:
@@ -106,8 +113,9 @@ async def test_no_free_connection_is_a_503_not_a_hang(database_url: str) -> None
     async with running(app) as client:
         await started(app)
         holding = asyncio.create_task(client.get("/hold"))
-        await asyncio.sleep(0.1)
+        await app.state.holding.wait()  # the pool's only connection is lent out
         response = await client.get("/answer", params={"n": 1})
+        app.state.release.set()
         assert (await holding).status_code == 200
     assert response.status_code == 503
     assert response.json() == {"error": "database unavailable", "db": "timeout"}

@@ -19,7 +19,9 @@ from starlette.routing import Route
 from service import create_app, db_connection
 from service.db import Database
 from service.settings import Settings
-from tests.conftest import Server, running, started, test_settings
+from tests.support.apps import running, started, test_settings
+from tests.support.polling import wait_until_async
+from tests.support.servers import Server
 
 SLEEP = "SELECT pg_sleep($1)"
 SECRET_SECONDS = 987.654  # a parameter that must never reach a log line
@@ -92,12 +94,6 @@ def _our_backends(server: Server, database_url: str) -> int:
     return int(row[0])
 
 
-async def _until(predicate: Any, what: str, timeout: float = 15) -> None:
-    async with asyncio.timeout(timeout):
-        while not await asyncio.to_thread(predicate):
-            await asyncio.sleep(0.02)
-
-
 async def test_a_query_timeout_is_a_503_and_the_query_is_cancelled_on_the_server(
     database_url: str, server: Server, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -110,7 +106,7 @@ async def test_a_query_timeout_is_a_503_and_the_query_is_cancelled_on_the_server
         assert response.status_code == 503
         assert response.json() == {"error": "database timeout"}
         assert response.headers["retry-after"] == "1"
-        await _until(lambda: _running_sleeps(server, database_url) == 0, "the query ends")
+        await wait_until_async(lambda: _running_sleeps(server, database_url) == 0, "the query ends")
         # The cancelled connection kept its slot until the server let go: no orphan beside
         # a replacement, never more backends than DB_POOL_MAX_SIZE.
         assert _our_backends(server, database_url) <= settings.pool_max_size
@@ -159,12 +155,12 @@ async def test_a_client_that_disconnects_cancels_the_handler_and_its_query(
             "state": dict(app.state.lifespan_state),
         }
         request = asyncio.ensure_future(app(scope, receive, send))
-        await _until(lambda: _running_sleeps(server, database_url) == 1, "the query runs")
+        await wait_until_async(lambda: _running_sleeps(server, database_url) == 1, "the query runs")
         leave.set()
         await asyncio.wait_for(request, 15)  # returns: the handler was cancelled
         assert sent == []  # nobody to answer
-        await _until(lambda: _running_sleeps(server, database_url) == 0, "the query ends")
-        await _until(lambda: database.stats().idle == database.stats().size, "released")
+        await wait_until_async(lambda: _running_sleeps(server, database_url) == 0, "the query ends")
+        await wait_until_async(lambda: database.stats().idle == database.stats().size, "released")
         assert database.stats().cancelled == {"timeout": 0, "disconnect": 1}
         async with database.connection() as con:  # the pool still works
             assert await con.fetchval("SELECT 1") == 1

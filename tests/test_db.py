@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import asyncpg
 import psycopg
@@ -16,7 +18,8 @@ from service import db as dbmod
 from service.db import Database, DatabaseUnavailable, classify
 from service.settings import Settings
 from service.states import DbState
-from tests.conftest import test_settings
+from tests.support.apps import test_settings
+from tests.support.polling import wait_until_async
 
 # -- pool (the original "engine" class: creation, settings, one per app) ----------------
 
@@ -183,10 +186,14 @@ async def test_transaction_rolls_back_on_error(database: Database) -> None:
         assert await con.fetchval("SELECT count(*) FROM notes") == 0
 
 
-async def test_uncommitted_transaction_is_rolled_back_at_release(database: Database) -> None:
+async def test_uncommitted_transaction_is_rolled_back_at_release(
+    database: Database, expect_loop_exception: Callable[[str], AbstractContextManager[None]]
+) -> None:
     async with database.connection() as con:
         await con.execute("CREATE TABLE items (id int)")
-    with pytest.raises(RuntimeError):
+    # asyncpg tells the loop's exception handler when it resets a connection mid-transaction.
+    resetting = expect_loop_exception("Resetting connection with an active transaction")
+    with resetting, pytest.raises(RuntimeError):
         async with database.connection() as con:
             tx = con.transaction()
             await tx.start()
@@ -237,8 +244,7 @@ async def test_failing_startup_hook_keeps_the_pool_unpublished_and_logs_once(
         raise RuntimeError("migration 0002 failed")
 
     async with Database(test_settings(database_url), on_connected=[broken_migration]) as database:
-        while calls < 4:
-            await asyncio.sleep(0.01)
+        await wait_until_async(lambda: calls >= 4, "four failed start-up attempts", interval=0.01)
         assert database.stats().size == 0  # never published: readiness stays 503
         assert await database.check() == DbState.ERROR
     failures = [r.getMessage() for r in caplog.records if "startup_failed" in r.getMessage()]
@@ -286,11 +292,13 @@ async def test_close_during_a_startup_hook_leaves_no_connection(database_url: st
         await hook_running.wait()
     name = database_url.rsplit("/", 1)[1]
     with server.admin() as admin:
-        for _ in range(50):  # the server sees the terminated socket close
-            left = admin.execute(
+
+        def sessions() -> tuple[int, ...] | None:
+            return admin.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (name,)
             ).fetchone()
-            if left == (0,):
-                break
-            await asyncio.sleep(0.05)
+
+        # The server sees the terminated socket close.
+        await wait_until_async(lambda: sessions() == (0,), "the server to drop the session")
+        left = sessions()
     assert left == (0,)

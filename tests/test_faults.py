@@ -5,29 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from service import create_app, db_connection
 from service.db import Database
-from tests.cluster import Cluster, free_port
-from tests.conftest import running, test_settings
+from tests.support.apps import running, test_settings
+from tests.support.cluster import Cluster
+from tests.support.polling import wait_until, wait_until_async
+from tests.support.process import READY, ServiceProcess
 
 pytestmark = pytest.mark.fault
 SECRET = "Hunter2-not-for-logs"
-READY = "/api/v1/ready"
 
 
 def _db(app) -> Database:
@@ -48,8 +45,8 @@ async def test_degraded_start_then_ready_by_itself(
     async with running(app) as client:
         assert (await client.get("/api/v1/health")).status_code == 200
         assert await _ready_state(client) in {(503, "connecting"), (503, "disconnected")}
-        while _db(app).state == "connecting":  # the first attempt is under way
-            await asyncio.sleep(0.05)
+        # The first attempt is under way; wait for its outcome.
+        await wait_until_async(lambda: _db(app).state != "connecting", "the first attempt")
         for _ in range(5):
             assert await _ready_state(client) == (503, "disconnected")
         await asyncio.to_thread(owned_cluster.start)
@@ -144,12 +141,13 @@ async def test_wrong_password_is_unauthorized_and_never_printed(
         seen: list[str] = []
         app = create_app(test_settings(cluster.url(password=wrong)))
         async with running(app) as client:
-            response = await client.get(READY)
-            for _ in range(20):
-                if response.json()["dependencies"]["db"] != "connecting":
-                    break
-                await asyncio.sleep(0.1)
+
+            async def answered() -> httpx.Response | None:
                 response = await client.get(READY)
+                settled = response.json()["dependencies"]["db"] != "connecting"
+                return response if settled else None
+
+            response = await wait_until_async(answered, "an answer past connecting", interval=0.1)
             assert (response.status_code, response.json()["dependencies"]["db"]) == (
                 503,
                 "unauthorized",
@@ -173,45 +171,21 @@ async def test_wrong_password_is_unauthorized_and_never_printed(
         assert SECRET not in text
 
 
-def _serve(url: str, port: int, **env: str) -> subprocess.Popen[str]:
-    environ = {
-        **os.environ,
-        "DATABASE_URL": url,
-        "PORT": str(port),
-        "DB_READY_TIMEOUT": "0.3",
-        "DB_CLOSE_TIMEOUT": "1",
-        "DB_POOL_MIN_SIZE": "2",
-        "LOG_LEVEL": "debug",
-        **env,
-    }
-    return subprocess.Popen(
-        [sys.executable, "-m", "service", "serve"],
-        env=environ,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+def _serve(url: str, **env: str) -> ServiceProcess:
+    """The real service, chatty (debug logs kept for the assertions), with short bounds."""
+    bounds = {"DB_READY_TIMEOUT": "0.3", "DB_CLOSE_TIMEOUT": "1", "DB_POOL_MIN_SIZE": "2"}
+    chatty = {"LOG_LEVEL": "debug", "ACCESS_LOG": "true"}
+    return ServiceProcess(url, capture_output=True, **{**bounds, **chatty, **env})
 
 
-def _get(port: int, path: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
-
-
-def _wait_ready(port: int, process: subprocess.Popen[str]) -> None:
-    for _ in range(200):
-        if process.poll() is not None:
-            raise AssertionError(process.stdout.read() if process.stdout else "exited")
-        try:
-            if _get(port, READY)[0] == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError("the service never became ready")
+def _pool_in_use(service: ServiceProcess) -> float:
+    """The service's db_pool_in_use gauge (reading /metrics never touches the database)."""
+    answer = service.fetch("/metrics")
+    assert answer is not None and answer[0] == 200, answer
+    for family in text_string_to_metric_families(answer[1].decode()):
+        if family.name == "db_pool_in_use":
+            return family.samples[0].value
+    raise AssertionError("no db_pool_in_use in /metrics")
 
 
 def _service_sessions(cluster: Cluster) -> int:
@@ -225,49 +199,43 @@ def _service_sessions(cluster: Cluster) -> int:
 
 
 def test_sigterm_closes_every_connection(owned_cluster: Cluster) -> None:
-    port = free_port()
-    process = _serve(owned_cluster.url(password=SECRET), port)
-    try:
-        _wait_ready(port, process)
+    with _serve(owned_cluster.url(password=SECRET)) as service:
+        service.start()
         assert _service_sessions(owned_cluster) >= 1
-        process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=30)
-    finally:
-        process.kill()
+        returncode = service.terminate(timeout=30)
+        output = service.output()
     # uvicorn re-raises SIGTERM after a graceful shutdown: killed by SIGTERM is success.
-    assert process.returncode in (0, -signal.SIGTERM), output
+    assert returncode in (0, -signal.SIGTERM), output
     assert "db.closed" in output
     assert SECRET not in output
     assert _service_sessions(owned_cluster) == 0
 
 
 def test_sigterm_with_a_hung_database_stays_bounded(owned_cluster: Cluster) -> None:
-    port = free_port()
-    process = _serve(owned_cluster.url(), port)
-    try:
-        _wait_ready(port, process)
+    # A readiness deadline of 1 s keeps the probe in flight long enough to be seen there.
+    with _serve(owned_cluster.url(), DB_READY_TIMEOUT="1") as service:
+        service.start()
         owned_cluster.pause()
         try:
             # The request is on the wire before SIGTERM; its answer is read after.
-            in_flight = socket.create_connection(("127.0.0.1", port), timeout=30)
+            in_flight = socket.create_connection(("127.0.0.1", service.port), timeout=30)
             in_flight.sendall(f"GET {READY} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
-            time.sleep(0.1)
-            process.send_signal(signal.SIGTERM)
+            # In flight once its check holds a connection (the hung server never answers it).
+            wait_until(
+                lambda: _pool_in_use(service) >= 1, "the probe to hold a connection", interval=0.01
+            )
             # Bounded: DB_CLOSE_TIMEOUT is 1 s; a hang here fails the test at 30 s.
-            output, _ = process.communicate(timeout=30)
+            returncode = service.terminate(timeout=30)
+            output = service.output()
             answer = in_flight.makefile("rb").read().decode()
             in_flight.close()
         finally:
             owned_cluster.resume()
-    finally:
-        process.kill()
-    assert process.returncode in (0, -signal.SIGTERM), output
+    assert returncode in (0, -signal.SIGTERM), output
     # The in-flight probe was answered (503 timeout), not cut off.
     assert answer.startswith("HTTP/1.1 503"), answer
     assert '"db":"timeout"' in answer
     assert "db.close timed out after 1.0s; terminating" in output or "db.closed" in output
-    for _ in range(50):  # the resumed server notices the closed sockets
-        if _service_sessions(owned_cluster) == 0:
-            break
-        time.sleep(0.1)
+    # The resumed server notices the closed sockets.
+    wait_until(lambda: _service_sessions(owned_cluster) == 0, "the server to drop the sessions")
     assert _service_sessions(owned_cluster) == 0

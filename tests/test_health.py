@@ -9,7 +9,7 @@ import pytest
 from service import create_app
 from service.health import wants_health_json
 from service.settings import Settings
-from tests.conftest import running, started, test_settings
+from tests.support.apps import running, started, test_settings
 
 HEALTH_JSON = {"accept": "application/health+json"}
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import httpx
@@ -15,8 +14,9 @@ from starlette.routing import Route
 from service import create_app
 from service.metrics import HTTPMetrics, Metrics
 from service.settings import Settings
-from tests.cluster import Cluster
-from tests.conftest import running, started, test_settings
+from tests.support.apps import running, started, test_settings
+from tests.support.cluster import Cluster
+from tests.support.polling import wait_until_async
 
 UNREACHABLE = "postgresql://app@127.0.0.1:1/orders"
 
@@ -30,13 +30,6 @@ async def scrape(client: httpx.AsyncClient) -> dict[tuple[str, tuple[tuple[str, 
         for sample in family.samples:
             samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return samples
-
-
-async def _until(predicate, seconds: float = 15.0) -> None:
-    """Wait for a condition the server side settles on its own (no timing asserted)."""
-    async with asyncio.timeout(seconds):
-        while not predicate():
-            await asyncio.sleep(0.05)
 
 
 async def test_metrics_is_prometheus_text_and_not_cached(settings: Settings) -> None:
@@ -86,7 +79,7 @@ async def test_connections_the_service_closes_are_not_lost(settings: Settings) -
         await database.expire_connections()
         async with database.connection():
             pass  # the expired connection is closed on its way back to the pool
-        await _until(lambda: database.stats().closed >= 1)
+        await wait_until_async(lambda: database.stats().closed >= 1, "a closed connection")
         samples = await scrape(client)
     assert samples[("db_connections_closed_total", ())] >= 1
     assert samples[("db_connections_lost_total", ())] == 0
@@ -97,9 +90,9 @@ async def test_connections_lost_when_the_server_stops(owned_cluster: Cluster) ->
     app = create_app(test_settings(owned_cluster.url(), pool_min_size=2))
     async with running(app) as client:
         database = await started(app)
-        await _until(lambda: database.stats().size >= 2)
+        await wait_until_async(lambda: database.stats().size >= 2, "two connections")
         owned_cluster.stop()
-        await _until(lambda: database.stats().lost >= 2)
+        await wait_until_async(lambda: database.stats().lost >= 2, "two lost connections")
         samples = await scrape(client)
     assert samples[("db_connections_lost_total", ())] >= 2
     assert samples[("db_connections_closed_total", ())] == 0

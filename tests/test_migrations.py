@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import tomllib
 import uuid
 from collections.abc import Iterator
@@ -23,8 +22,10 @@ from service.app import create_app
 from service.cli import main
 from service.migrations import MigrationError, Runner
 from service.settings import DatabaseURL
-from tests.cluster import free_port
-from tests.conftest import Server, running, test_settings
+from tests.support.apps import running, test_settings
+from tests.support.cluster import free_port
+from tests.support.polling import wait_until
+from tests.support.servers import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "sql"
@@ -113,10 +114,12 @@ def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 def wait_until_seen(url: str, sql: str, process: subprocess.Popen[str]) -> None:
     """Poll until `sql` returns a row, while `process` still runs (30 s at most)."""
-    deadline = time.monotonic() + 30
-    while not query(url, sql):
-        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
-        time.sleep(0.05)
+
+    def seen() -> list[tuple[Any, ...]]:
+        assert process.poll() is None, process.communicate()
+        return query(url, sql)
+
+    wait_until(seen, f"a row from {sql!r}")
 
 
 def query(url: str, sql: str) -> list[tuple[Any, ...]]:

@@ -13,7 +13,6 @@ import re
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,8 +25,9 @@ from starlette.routing import Route
 
 from service import create_app, db_connection
 from service.db import Database
-from tests.cluster import Cluster, _server_user, free_port
-from tests.conftest import running, started, test_settings
+from tests.support.apps import running, started, test_settings
+from tests.support.cluster import Cluster, _server_user, free_port
+from tests.support.polling import wait_until, wait_until_async
 
 BINARY = shutil.which("pgbouncer", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/usr/local/sbin")
 pytestmark = pytest.mark.skipif(
@@ -61,15 +61,13 @@ def _version() -> tuple[int, int]:
 
 
 def _wait_listening(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
+    def listening() -> bool:
         if process.poll() is not None:
             raise RuntimeError(f"pgbouncer exited: {log.read_text() if log.exists() else ''}")
         with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError("pgbouncer did not listen within 15 s")
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_until(listening, "pgbouncer to listen", timeout=15)
 
 
 @pytest.fixture
@@ -211,10 +209,12 @@ async def test_readiness_through_pgbouncer_when_postgres_restarts(
         # it at once while its server logins fail (disconnected).
         assert set(words) <= {"timeout", "disconnected"}
         owned_cluster.start()
+
         # Back by itself once PgBouncer logs in again (server_login_retry).
-        async with asyncio.timeout(30):
-            while (await client.get("/api/v1/ready")).status_code != 200:
-                await asyncio.sleep(0.1)
+        async def ready() -> bool:
+            return (await client.get("/api/v1/ready")).status_code == 200
+
+        await wait_until_async(ready, "readiness through PgBouncer", interval=0.1)
         assert (await client.get("/n/7")).json() == {"n": 7, "next": 8}
 
 

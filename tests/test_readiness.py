@@ -6,7 +6,7 @@ import asyncio
 
 from service.db import Database
 from service.states import DbState
-from tests.conftest import test_settings
+from tests.support.apps import test_settings
 
 
 def test_every_word_is_one_lower_case_token() -> None:

@@ -10,7 +10,7 @@ from starlette.routing import Route
 
 from service import cli, create_app, db_connection, tracing
 from service.settings import Settings
-from tests.conftest import running, started, test_settings
+from tests.support.apps import running, started, test_settings
 
 SECRET_ID = 424242
 

