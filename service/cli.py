@@ -27,7 +27,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         http="httptools",
         log_config=log_config(settings.log_level, settings.log_format),
         access_log=settings.access_log,
-        timeout_graceful_shutdown=int(settings.shutdown_timeout),
+        timeout_graceful_shutdown=settings.shutdown_timeout,  # uvicorn's wait_for takes a float
         lifespan="on",
         proxy_headers=False,
         server_header=False,

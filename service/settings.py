@@ -24,6 +24,11 @@ _POSTGRES_SCHEMES = {
 }
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 _TRUE = {"1", "true", "yes", "on"}
+# Ceilings well above any sane deployment, low enough that a typo is refused rather than
+# obeyed (asyncpg allocates a slot per pool connection up front; each worker is a process).
+MAX_POOL_SIZE = 1000
+MAX_WORKERS = 64
+MAX_STATEMENT_CACHE_SIZE = 10_000
 _FALSE = {"0", "false", "no", "off"}
 
 
@@ -181,8 +186,8 @@ class Settings:
         default_factory=lambda: DatabaseURL(None),
         metadata={"env": "DATABASE_URL", "parse": _url},
     )
-    pool_min_size: int = setting("DB_POOL_MIN_SIZE", _integer(0), 2)
-    pool_max_size: int = setting("DB_POOL_MAX_SIZE", _integer(1), 30)
+    pool_min_size: int = setting("DB_POOL_MIN_SIZE", _integer(0, MAX_POOL_SIZE), 2)
+    pool_max_size: int = setting("DB_POOL_MAX_SIZE", _integer(1, MAX_POOL_SIZE), 30)
     pool_max_lifetime: float = setting("DB_POOL_MAX_LIFETIME", _seconds(allow_zero=True), 3600.0)
     pool_max_inactive_lifetime: float = setting(
         "DB_POOL_MAX_INACTIVE_LIFETIME", _seconds(allow_zero=True), 300.0
@@ -190,14 +195,16 @@ class Settings:
     connect_timeout: float = setting("DB_CONNECT_TIMEOUT", _seconds(), 5.0)
     command_timeout: float = setting("DB_COMMAND_TIMEOUT", _seconds(), 30.0)
     acquire_timeout: float = setting("DB_ACQUIRE_TIMEOUT", _seconds(), 5.0)
-    statement_cache_size: int = setting("DB_STATEMENT_CACHE_SIZE", _integer(0), 100)
+    statement_cache_size: int = setting(
+        "DB_STATEMENT_CACHE_SIZE", _integer(0, MAX_STATEMENT_CACHE_SIZE), 100
+    )
     ready_timeout: float = setting("DB_READY_TIMEOUT", _seconds(), 0.8)
     close_timeout: float = setting("DB_CLOSE_TIMEOUT", _seconds(), 10.0)
     migrate_on_startup: bool = setting("DB_MIGRATE_ON_STARTUP", _boolean, False)
     migrate_lock_timeout: float = setting("MIGRATE_LOCK_TIMEOUT", _seconds(allow_zero=True), 60.0)
     host: str = setting("HOST", _host, "127.0.0.1")
     port: int = setting("PORT", _integer(1, 65535), 8000)
-    workers: int = setting("WORKERS", _integer(1), 1)
+    workers: int = setting("WORKERS", _integer(1, MAX_WORKERS), 1)
     shutdown_timeout: float = setting("SHUTDOWN_TIMEOUT", _seconds(), 30.0)
     log_level: str = setting("LOG_LEVEL", _choice(*_LOG_LEVELS), "info")
     log_format: str = setting("LOG_FORMAT", _choice("text", "json"), "text")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -51,7 +52,7 @@ def test_in_process_main_returns_2(monkeypatch: pytest.MonkeyPatch, capsys) -> N
     monkeypatch.setenv("WORKERS", "-3")
     monkeypatch.chdir(os.path.dirname(__file__))  # no .env here
     assert cli.main(["serve"]) == 2
-    assert capsys.readouterr().err == "error: WORKERS: -3 is out of range (must be >= 1)\n"
+    assert capsys.readouterr().err == "error: WORKERS: -3 is out of range (must be from 1 to 64)\n"
 
 
 def test_unknown_command_is_a_usage_error() -> None:
@@ -59,3 +60,16 @@ def test_unknown_command_is_a_usage_error() -> None:
     assert result.returncode == 2
     assert "invalid choice: 'fly'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_serve_hands_uvicorn_a_fractional_shutdown_timeout(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import uvicorn
+
+    given: dict[str, object] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: given.update(kwargs))
+    monkeypatch.setenv("SHUTDOWN_TIMEOUT", "0.5")
+    monkeypatch.chdir(tmp_path)  # no .env here
+    assert cli.main(["serve"]) == 0
+    assert given["timeout_graceful_shutdown"] == 0.5  # not int(0.5) == 0: cancel at once

@@ -74,7 +74,7 @@ def test_defaults_are_production_shaped() -> None:
 def test_every_variable_is_read() -> None:
     settings = from_env(
         DB_POOL_MIN_SIZE="0",
-        DB_POOL_MAX_SIZE="3",
+        DB_POOL_MAX_SIZE="1000",
         DB_POOL_MAX_LIFETIME="60",
         DB_POOL_MAX_INACTIVE_LIFETIME="0",
         DB_CONNECT_TIMEOUT="1.5",
@@ -87,15 +87,15 @@ def test_every_variable_is_read() -> None:
         MIGRATE_LOCK_TIMEOUT="0",
         HOST="0.0.0.0",
         PORT="8080",
-        WORKERS="4",
-        SHUTDOWN_TIMEOUT="12",
+        WORKERS="64",
+        SHUTDOWN_TIMEOUT="0.5",
         LOG_LEVEL="DEBUG",
         LOG_FORMAT="JSON",
         ACCESS_LOG="off",
     )
     assert settings == Settings(
         pool_min_size=0,
-        pool_max_size=3,
+        pool_max_size=1000,
         pool_max_lifetime=60,
         pool_max_inactive_lifetime=0,
         connect_timeout=1.5,
@@ -108,8 +108,8 @@ def test_every_variable_is_read() -> None:
         migrate_lock_timeout=0,
         host="0.0.0.0",
         port=8080,
-        workers=4,
-        shutdown_timeout=12,
+        workers=64,
+        shutdown_timeout=0.5,
         log_level="debug",
         log_format="json",
         access_log=False,
@@ -137,6 +137,19 @@ def test_every_variable_is_read() -> None:
         ({"PORT": "70000"}, "PORT: 70000 is out of range"),
         ({"PORT": "http"}, "PORT: 'http' is not a whole number"),
         ({"WORKERS": "0"}, "WORKERS: 0 is out of range"),
+        ({"WORKERS": "65"}, "WORKERS: 65 is out of range (must be from 1 to 64)"),
+        (
+            {"DB_POOL_MAX_SIZE": "99999999999"},
+            "DB_POOL_MAX_SIZE: 99999999999 is out of range (must be from 1 to 1000)",
+        ),
+        (
+            {"DB_POOL_MIN_SIZE": "1001", "DB_POOL_MAX_SIZE": "1000"},
+            "DB_POOL_MIN_SIZE: 1001 is out of range (must be from 0 to 1000)",
+        ),
+        (
+            {"DB_STATEMENT_CACHE_SIZE": "10001"},
+            "DB_STATEMENT_CACHE_SIZE: 10001 is out of range (must be from 0 to 10000)",
+        ),
         ({"HOST": "local host"}, "HOST: 'local host' is not a host"),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL: 'loud' is not one of"),
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT: 'xml' is not one of text, json"),
