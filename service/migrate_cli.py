@@ -10,10 +10,11 @@ from typing import Any
 import psycopg
 
 from . import migrations
-from .migrations import MigrationError, Runner, describe
+from .migrations import MigrationError, MigrationNameError, Runner, describe
 from .settings import DatabaseURL, Settings
 
 EXIT_FAILED = 1
+EXIT_USAGE = 2
 
 
 def add_command(commands: Any) -> None:
@@ -56,6 +57,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         url = DatabaseURL.parse(args.database, "--database")
     try:
         return _ACTIONS[args.action](settings, url, args)
+    except MigrationNameError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except MigrationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED
