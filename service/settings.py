@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -11,6 +12,7 @@ from typing import Any
 from urllib.parse import SplitResult, quote, unquote, urlsplit, urlunsplit
 
 from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 
 # SQLAlchemy-style schemes people paste; all mean "PostgreSQL" to us.
 _POSTGRES_SCHEMES = {
@@ -169,6 +171,30 @@ def _host(var: str, raw: str) -> str:
     return raw
 
 
+def _read_env_file(path: Path) -> dict[str, str]:
+    """`.env` as a mapping; a line that does not parse, or bytes that are not UTF-8, are refused.
+
+    python-dotenv skips a line it cannot parse (`PORT="9000`) with a warning, which would
+    leave the default in force; we name the line instead, never its content (secrets).
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SettingsError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise SettingsError(f"{path}: line {line} is not UTF-8 text") from None
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            raise SettingsError(
+                f"{path}: line {binding.original.line} is not NAME=value (an unterminated quote?)"
+            )
+    values = dotenv_values(stream=io.StringIO(text))
+    return {name: value for name, value in values.items() if value is not None}
+
+
 def setting(env: str, parse: Callable[[str, str], Any], default: Any) -> Any:
     """A field read from the environment variable `env` through `parse(env, raw)`."""
     return field(default=default, metadata={"env": env, "parse": parse})
@@ -217,8 +243,10 @@ class Settings:
         """Read the environment, then `.env` (the environment wins); refuse bad values."""
         values: dict[str, str] = {}
         if env_file is not None and Path(env_file).is_file():
-            values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
-        values.update(os.environ if environ is None else environ)
+            values.update(_read_env_file(Path(env_file)))
+        # An empty variable is the same as an unset one: `.env`, then the default, applies.
+        environ = os.environ if environ is None else environ
+        values.update({k: v for k, v in environ.items() if v.strip()})
 
         kwargs: dict[str, Any] = {}
         for spec in fields(cls):

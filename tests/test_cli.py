@@ -14,11 +14,15 @@ from service import cli
 SECRET = "do-not-print-me"
 
 
-def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     return subprocess.run(
         [sys.executable, "-m", "service", *args],
-        env={**environ, **env},
+        env={**environ, "PYTHONPATH": str(ROOT), **env},
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=60,
@@ -73,3 +77,22 @@ def test_serve_hands_uvicorn_a_fractional_shutdown_timeout(
     monkeypatch.chdir(tmp_path)  # no .env here
     assert cli.main(["serve"]) == 0
     assert given["timeout_graceful_shutdown"] == 0.5  # not int(0.5) == 0: cancel at once
+
+
+@pytest.mark.parametrize(
+    ("content", "line"),
+    [
+        (f'PORT="9000\nDATABASE_URL=postgresql://app:{SECRET}@db/app\n'.encode(), 1),
+        (f"PORT=9000\nDATABASE_URL=postgresql://app:{SECRET}\xe9@db/app\n".encode("latin-1"), 2),
+    ],
+)
+@pytest.mark.parametrize("command", [["serve"], ["migrate", "list"]])
+def test_a_broken_env_file_is_one_line_naming_it(
+    tmp_path: Path, content: bytes, line: int, command: list[str]
+) -> None:
+    (tmp_path / ".env").write_bytes(content)
+    result = run(*command, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: .env: line {line} is not ")
+    assert result.stderr.count("\n") == 1
+    assert SECRET not in result.stdout + result.stderr

@@ -63,6 +63,39 @@ def test_env_file_fills_gaps_and_the_environment_wins(tmp_path: Path) -> None:
     assert settings.port == 9100
 
 
+@pytest.mark.parametrize(
+    ("content", "line"),
+    [
+        (b'DB_POOL_MAX_SIZE=7\nPORT="9000\nLOG_FORMAT=json\n', 2),  # unterminated quote
+        (b"PORT=9000\n\nDATABASE_URL=postgresql://app:pw\xe9@db/app\n", 3),  # Latin-1, not UTF-8
+    ],
+)
+def test_a_broken_env_file_is_refused_naming_the_line(
+    tmp_path: Path, content: bytes, line: int
+) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_bytes(content)
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(environ={}, env_file=env_file)
+    assert str(caught.value).startswith(f"{env_file}: line {line} is not ")
+    assert "9000" not in str(caught.value) and "pw" not in str(caught.value)
+
+
+def test_env_file_may_start_with_a_byte_order_mark(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_bytes(b"\xef\xbb\xbfPORT=9001\n")
+    assert Settings.from_env(environ={}, env_file=env_file).port == 9001
+
+
+def test_an_empty_variable_is_the_same_as_an_unset_one(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("PORT=9005\nWORKERS=\n")
+    settings = Settings.from_env(environ={"PORT": "", "WORKERS": " "}, env_file=env_file)
+    assert settings.port == 9005  # empty in the environment: `.env` applies
+    assert settings.workers == 1  # empty in both: the default
+    assert from_env(PORT="").port == 8000
+
+
 def test_defaults_are_production_shaped() -> None:
     settings = from_env()
     assert (settings.pool_min_size, settings.pool_max_size) == (2, 30)
