@@ -114,6 +114,7 @@ def pool_arguments(settings: Settings) -> dict[str, Any]:
         "timeout": settings.connect_timeout,
         "command_timeout": settings.command_timeout,
         "statement_cache_size": settings.statement_cache_size,
+        "target_session_attrs": settings.database_url.target_session_attrs,
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,10 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     """Run one migrate action; MigrationError becomes one line on stderr and exit 1."""
     url = settings.database_url
     if args.database:
-        url = DatabaseURL.parse(args.database, "--database")
+        url = replace(
+            DatabaseURL.parse(args.database, "--database"),
+            default_session_attrs=settings.target_session_attrs,
+        )
     try:
         return _ACTIONS[args.action](settings, url, args)
     except MigrationNameError as exc:

@@ -105,6 +105,7 @@ def connect(url: DatabaseURL, connect_timeout: float = 5.0) -> psycopg.Connectio
             url.value or "",
             autocommit=True,
             connect_timeout=max(2, round(connect_timeout)),
+            target_session_attrs=url.target_session_attrs,
             application_name=f"{APPLICATION_NAME} {socket.gethostname()}:{os.getpid()}"[:63],
         )
     except psycopg.Error as exc:
