@@ -15,6 +15,7 @@ EXIT_USAGE = 2
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
+    from .http import BoundedHttpToolsProtocol
     from .logs import log_config
 
     uvicorn.run(
@@ -24,7 +25,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         port=settings.port,
         workers=settings.workers,
         loop="uvloop",
-        http="httptools",
+        http=BoundedHttpToolsProtocol,  # httptools, with the request head bounded
         log_config=log_config(settings.log_level, settings.log_format),
         access_log=settings.access_log,
         timeout_graceful_shutdown=settings.shutdown_timeout,  # uvicorn's wait_for takes a float

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from service import cli
+from service.http import BoundedHttpToolsProtocol
 
 SECRET = "do-not-print-me"
 
@@ -77,6 +78,7 @@ def test_serve_hands_uvicorn_a_fractional_shutdown_timeout(
     monkeypatch.chdir(tmp_path)  # no .env here
     assert cli.main(["serve"]) == 0
     assert given["timeout_graceful_shutdown"] == 0.5  # not int(0.5) == 0: cancel at once
+    assert given["http"] is BoundedHttpToolsProtocol
 
 
 @pytest.mark.parametrize(
