@@ -16,6 +16,7 @@ import asyncpg
 import psycopg
 import pytest
 
+from service import cli
 from service.db import Database, pool_arguments
 from service.settings import DatabaseURL, Settings, SettingsError
 from tests.cluster import free_port
@@ -90,13 +91,10 @@ def test_malformed_urls_are_refused_in_one_line(url: str, message: str) -> None:
 
 
 @pytest.mark.parametrize("url", AMBIGUOUS)
-@pytest.mark.parametrize("command", [["migrate", "list"], ["serve"]])
-def test_the_commands_refuse_an_unencoded_password_in_one_line(
-    url: str, command: list[str], tmp_path: Path
-) -> None:
+def test_migrate_list_refuses_an_unencoded_password_in_one_line(url: str, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     result = subprocess.run(
-        [sys.executable, "-m", "service", *command],
+        [sys.executable, "-m", "service", "migrate", "list"],
         env={**env, "PYTHONPATH": str(ROOT), "DATABASE_URL": url},
         cwd=tmp_path,
         capture_output=True,
@@ -105,6 +103,16 @@ def test_the_commands_refuse_an_unencoded_password_in_one_line(
     )
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr == f"error: DATABASE_URL: {ENCODE}\n"
+
+
+@pytest.mark.parametrize("url", AMBIGUOUS)
+def test_serve_refuses_an_unencoded_password_before_it_logs_anything(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["serve"]) == 2  # before uvicorn starts, so before db.start target=…
+    assert capsys.readouterr() == ("", f"error: DATABASE_URL: {ENCODE}\n")
 
 
 def test_migrate_database_option_is_named_when_refused(tmp_path: Path) -> None:
@@ -280,3 +288,17 @@ def test_migrate_honours_target_session_attrs(
     if returncode:
         assert result.stderr.startswith("error: cannot connect to ")
         assert "read-only" in result.stderr and result.stderr.count("\n") == 1
+
+
+async def test_the_service_log_names_the_hosts_never_the_password(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    first, second = refusing()
+    url = f"postgresql://app:{SECRET}@{first},{second}/app?password={SECRET}"
+    async with Database(test_settings(url)) as database:
+        assert not await database.wait_connected(0.5)  # nothing listens: it retries
+    assert f"db.start target=postgresql://app:***@{first},{second}/app?password=***" in (
+        caplog.text
+    )
+    assert SECRET not in caplog.text
