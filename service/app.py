@@ -125,6 +125,9 @@ def create_app(settings: Settings | None = None, *, routes: Sequence[BaseRoute] 
         },
         lifespan=lifespan,
     )
+    # Starlette answers /api/v1/ready/ with a 307 to the same path on whatever host the
+    # request's Host header names: an open redirect. A trailing slash is an unknown path.
+    app.router.redirect_slashes = False
     app.state.settings = settings
     app.state.metrics = metrics
     return app

@@ -17,6 +17,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
     from uvicorn.importer import ImportFromStringError, import_from_string
 
+    from .http import BoundedHttpToolsProtocol
     from .logs import log_config
     from .tracing import check_installed
 
@@ -32,10 +33,11 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         port=settings.port,
         workers=settings.workers,
         loop="uvloop",
-        http="httptools",
+        http=BoundedHttpToolsProtocol,  # httptools, with the request head bounded
         log_config=log_config(settings.log_level, settings.log_format),
         access_log=settings.access_log,
-        timeout_graceful_shutdown=int(settings.shutdown_timeout),
+        # Typed int, but uvicorn only passes it to asyncio.wait_for, which takes a float.
+        timeout_graceful_shutdown=settings.shutdown_timeout,  # type: ignore[arg-type]
         lifespan="on",
         proxy_headers=False,
         server_header=False,

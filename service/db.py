@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Any, Protocol, TypedDict, cast
 
 import asyncpg
+from asyncpg.connect_utils import SessionAttribute
 from asyncpg.connection import LoggedQuery
 from asyncpg.pool import PoolConnectionProxy
 
@@ -124,6 +125,7 @@ class PoolArguments(TypedDict):
     timeout: float
     command_timeout: float
     statement_cache_size: int
+    target_session_attrs: SessionAttribute
 
 
 def pool_arguments(settings: Settings) -> PoolArguments:
@@ -136,6 +138,7 @@ def pool_arguments(settings: Settings) -> PoolArguments:
         "timeout": settings.connect_timeout,
         "command_timeout": settings.command_timeout,
         "statement_cache_size": settings.statement_cache_size,
+        "target_session_attrs": SessionAttribute(settings.database_url.target_session_attrs),
     }
 
 

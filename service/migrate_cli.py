@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
 from . import migrations
-from .migrations import MigrationError, Runner, describe
+from .migrations import MigrationError, MigrationNameError, Runner, describe
 from .settings import DatabaseURL, Settings
 
 EXIT_FAILED = 1
+EXIT_USAGE = 2
 
 
 def add_command(commands: Any) -> None:
@@ -53,9 +55,15 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     """Run one migrate action; MigrationError becomes one line on stderr and exit 1."""
     url = settings.database_url
     if args.database:
-        url = DatabaseURL.parse(args.database, "--database")
+        url = replace(
+            DatabaseURL.parse(args.database, "--database"),
+            default_session_attrs=settings.target_session_attrs,
+        )
     try:
         return _ACTIONS[args.action](settings, url, args)
+    except MigrationNameError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except MigrationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -56,12 +56,17 @@ DELETE_CHECKSUM = f"DELETE FROM {CHECKSUM_TABLE} WHERE migration_id = %s"
 TABLES_EXIST = f"SELECT to_regclass('_yoyo_migration'), to_regclass('{CHECKSUM_TABLE}')"
 APPLIED_QUERY = "SELECT migration_id FROM _yoyo_migration ORDER BY applied_at_utc, migration_id"
 CHECKSUMS_QUERY = f"SELECT migration_id, checksum FROM {CHECKSUM_TABLE}"
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_]*$")
+_NAME = re.compile(r"[a-z0-9][a-z0-9_]*")  # fullmatch: `$` would accept a trailing newline
+MAX_NAME_LENGTH = 63  # NNNN_<name>.rollback.sql stays far below the 255-byte file name limit
 _NUMBERED = re.compile(r"^(\d{4})_")
 
 
 class MigrationError(Exception):
     """A migration run that cannot go on: one line for the operator, no password."""
+
+
+class MigrationNameError(MigrationError):
+    """`migrate new` was given a name we cannot make a file of (a usage error)."""
 
 
 def default_directory() -> Path:
@@ -102,6 +107,7 @@ def connect(url: DatabaseURL, connect_timeout: float = 5.0) -> psycopg.Connectio
             url.value or "",
             autocommit=True,
             connect_timeout=max(2, round(connect_timeout)),
+            target_session_attrs=url.target_session_attrs,
             application_name=f"{APPLICATION_NAME} {socket.gethostname()}:{os.getpid()}"[:63],
         )
     except psycopg.Error as exc:
@@ -360,8 +366,12 @@ def apply(
 
 def new(name: str, directory: Path | None = None) -> tuple[Path, Path]:
     """Create the next numbered pair NNNN_name.sql + NNNN_name.rollback.sql."""
-    if not _NAME.match(name):
-        raise MigrationError(f"migration name {name!r}: use lower-case letters, digits and _")
+    if len(name) > MAX_NAME_LENGTH:
+        raise MigrationNameError(
+            f"migration name is {len(name)} characters long; at most {MAX_NAME_LENGTH}"
+        )
+    if not _NAME.fullmatch(name):
+        raise MigrationNameError(f"migration name {name!r}: use lower-case letters, digits and _")
     directory = Path(directory or default_directory())
     if not directory.is_dir():
         raise MigrationError(f"migrations directory {directory} does not exist")

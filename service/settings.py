@@ -2,113 +2,30 @@
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import SplitResult, quote, unquote, urlsplit, urlunsplit
 
 from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 
-# SQLAlchemy-style schemes people paste; all mean "PostgreSQL" to us.
-_POSTGRES_SCHEMES = {
-    "postgresql": "postgresql",
-    "postgres": "postgresql",
-    "postgresql+asyncpg": "postgresql",
-    "postgresql+psycopg": "postgresql",
-    "postgresql+psycopg2": "postgresql",
-    "postgres+asyncpg": "postgresql",
-    "postgres+psycopg": "postgresql",
-}
+from .database_url import TARGET_SESSION_ATTRS, DatabaseURL
+from .errors import SettingsError
+
+__all__ = ["DatabaseURL", "Settings", "SettingsError", "setting"]
+
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
-
-
-class SettingsError(ValueError):
-    """An operator's mistake in the configuration: one line, naming the variable."""
-
-
-@dataclass(frozen=True)
-class DatabaseURL:
-    """A PostgreSQL URL whose password never shows in repr, str or logs.
-
-    `value` is None when DATABASE_URL is unset: the drivers then use the libpq
-    defaults (PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, then localhost:5432).
-    """
-
-    value: str | None = field(repr=False)
-
-    @classmethod
-    def parse(cls, raw: str | None, name: str = "DATABASE_URL") -> DatabaseURL:
-        if raw is None or not raw.strip():
-            return cls(None)
-        raw = raw.strip()
-        scheme, sep, rest = raw.partition("://")
-        if not sep:
-            raise SettingsError(f"{name}: not a URL (expected postgresql://user@host:port/db)")
-        normal = _POSTGRES_SCHEMES.get(scheme.lower())
-        if normal is None:
-            raise SettingsError(
-                f"{name}: scheme {scheme!r} is not PostgreSQL "
-                "(expected postgresql://, postgres://, postgresql+asyncpg:// or postgresql+psycopg://)"
-            )
-        url = f"{normal}://{rest}"
-        parts = urlsplit(url)
-        try:
-            parts.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError:
-            raise SettingsError(f"{name}: the port is not a number from 1 to 65535") from None
-        return cls(url)
-
-    @property
-    def is_default(self) -> bool:
-        return self.value is None
-
-    def with_scheme(self, scheme: str) -> str | None:
-        """The URL with another scheme (yoyo wants postgresql+psycopg://)."""
-        if self.value is None:
-            return None
-        return scheme + self.value[len("postgresql") :]
-
-    def with_database(self, database: str) -> DatabaseURL:
-        """The same server and credentials, another database (tests, bench)."""
-        if self.value is None:
-            return DatabaseURL(f"postgresql:///{quote(database)}")
-        parts = urlsplit(self.value)
-        return DatabaseURL(urlunsplit(parts._replace(path="/" + quote(database))))
-
-    @property
-    def redacted(self) -> str:
-        """Where we connect, for logs: user@host:port/db, never the password."""
-        if self.value is None:
-            env = os.environ
-            host = env.get("PGHOST", "localhost")
-            port = env.get("PGPORT", "5432")
-            user = env.get("PGUSER", "")
-            db = env.get("PGDATABASE", user)
-            who = f"{user}@" if user else ""
-            return f"postgresql://{who}{host}:{port}/{db} (libpq defaults)"
-        return _redact(urlsplit(self.value))
-
-    def __repr__(self) -> str:
-        return f"DatabaseURL({self.redacted!r})"
-
-    __str__ = __repr__
-
-
-def _redact(parts: SplitResult) -> str:
-    netloc = parts.netloc.rpartition("@")
-    userinfo, host = (netloc[0], netloc[2]) if netloc[1] else ("", netloc[2])
-    user = unquote(userinfo.partition(":")[0])
-    masked = f"{quote(user)}:***@" if ":" in userinfo else (f"{quote(user)}@" if user else "")
-    query = "&".join(
-        f"{k}=***" if k.lower() in {"password", "sslpassword"} else f"{k}={v}"
-        for k, _, v in (item.partition("=") for item in parts.query.split("&") if item)
-    )
-    return urlunsplit(parts._replace(netloc=masked + host, query=query))
+# Ceilings well above any sane deployment, low enough that a typo is refused rather than
+# obeyed (asyncpg allocates a slot per pool connection up front; each worker is a process).
+MAX_POOL_SIZE = 1000
+MAX_WORKERS = 64
+MAX_STATEMENT_CACHE_SIZE = 10_000
 
 
 def _integer(minimum: int, maximum: int | None = None) -> Callable[[str, str], int]:
@@ -180,6 +97,30 @@ def _host(var: str, raw: str) -> str:
     return raw
 
 
+def _read_env_file(path: Path) -> dict[str, str]:
+    """`.env` as a mapping; a line that does not parse, or bytes that are not UTF-8, are refused.
+
+    python-dotenv skips a line it cannot parse (`PORT="9000`) with a warning, which would
+    leave the default in force; we name the line instead, never its content (secrets).
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SettingsError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise SettingsError(f"{path}: line {line} is not UTF-8 text") from None
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            raise SettingsError(
+                f"{path}: line {binding.original.line} is not NAME=value (an unterminated quote?)"
+            )
+    values = dotenv_values(stream=io.StringIO(text))
+    return {name: value for name, value in values.items() if value is not None}
+
+
 def setting(env: str, parse: Callable[[str, str], Any], default: Any) -> Any:
     """A field read from the environment variable `env` through `parse(env, raw)`."""
     return field(default=default, metadata={"env": env, "parse": parse})
@@ -197,8 +138,11 @@ class Settings:
         default_factory=lambda: DatabaseURL(None),
         metadata={"env": "DATABASE_URL", "parse": _url},
     )
-    pool_min_size: int = setting("DB_POOL_MIN_SIZE", _integer(0), 2)
-    pool_max_size: int = setting("DB_POOL_MAX_SIZE", _integer(1), 30)
+    target_session_attrs: str = setting(
+        "DB_TARGET_SESSION_ATTRS", _choice(*TARGET_SESSION_ATTRS), "read-write"
+    )
+    pool_min_size: int = setting("DB_POOL_MIN_SIZE", _integer(0, MAX_POOL_SIZE), 2)
+    pool_max_size: int = setting("DB_POOL_MAX_SIZE", _integer(1, MAX_POOL_SIZE), 30)
     pool_max_lifetime: float = setting("DB_POOL_MAX_LIFETIME", _seconds(allow_zero=True), 3600.0)
     pool_max_inactive_lifetime: float = setting(
         "DB_POOL_MAX_INACTIVE_LIFETIME", _seconds(allow_zero=True), 300.0
@@ -206,7 +150,9 @@ class Settings:
     connect_timeout: float = setting("DB_CONNECT_TIMEOUT", _seconds(), 5.0)
     command_timeout: float = setting("DB_COMMAND_TIMEOUT", _seconds(), 30.0)
     acquire_timeout: float = setting("DB_ACQUIRE_TIMEOUT", _seconds(), 5.0)
-    statement_cache_size: int = setting("DB_STATEMENT_CACHE_SIZE", _integer(0), 100)
+    statement_cache_size: int = setting(
+        "DB_STATEMENT_CACHE_SIZE", _integer(0, MAX_STATEMENT_CACHE_SIZE), 100
+    )
     ready_timeout: float = setting("DB_READY_TIMEOUT", _seconds(), 0.8)
     close_timeout: float = setting("DB_CLOSE_TIMEOUT", _seconds(), 10.0)
     slow_query_ms: float = setting("DB_SLOW_QUERY_MS", _milliseconds, 0.0)
@@ -214,12 +160,17 @@ class Settings:
     migrate_lock_timeout: float = setting("MIGRATE_LOCK_TIMEOUT", _seconds(allow_zero=True), 60.0)
     host: str = setting("HOST", _host, "127.0.0.1")
     port: int = setting("PORT", _integer(1, 65535), 8000)
-    workers: int = setting("WORKERS", _integer(1), 1)
+    workers: int = setting("WORKERS", _integer(1, MAX_WORKERS), 1)
     shutdown_timeout: float = setting("SHUTDOWN_TIMEOUT", _seconds(), 30.0)
     otel_endpoint: str = setting("OTEL_EXPORTER_OTLP_ENDPOINT", _url_text, "")
     log_level: str = setting("LOG_LEVEL", _choice(*_LOG_LEVELS), "info")
     log_format: str = setting("LOG_FORMAT", _choice("text", "json"), "text")
     access_log: bool = setting("ACCESS_LOG", _boolean, True)
+
+    def __post_init__(self) -> None:
+        # The URL's own target_session_attrs wins; DB_TARGET_SESSION_ATTRS fills in.
+        url = replace(self.database_url, default_session_attrs=self.target_session_attrs)
+        object.__setattr__(self, "database_url", url)
 
     @classmethod
     def from_env(
@@ -228,8 +179,10 @@ class Settings:
         """Read the environment, then `.env` (the environment wins); refuse bad values."""
         values: dict[str, str] = {}
         if env_file is not None and Path(env_file).is_file():
-            values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
-        values.update(os.environ if environ is None else environ)
+            values.update(_read_env_file(Path(env_file)))
+        # An empty variable is the same as an unset one: `.env`, then the default, applies.
+        environ = os.environ if environ is None else environ
+        values.update({k: v for k, v in environ.items() if v.strip()})
 
         kwargs: dict[str, Any] = {}
         for spec in fields(cls):

@@ -66,6 +66,16 @@ async def test_unknown_paths_and_wrong_methods_are_json() -> None:
     assert set(wrong.headers["allow"].split(", ")) == {"GET", "HEAD"}
 
 
+async def test_a_trailing_slash_is_not_redirected_to_the_host_header() -> None:
+    app = create_app(test_settings("postgresql://app@127.0.0.1:1/orders"))
+    async with running(app) as client:
+        for path in ("/api/v1/ready/", "/api/v1/health/", "/metrics/"):
+            response = await client.get(path, headers={"Host": "evil.example"})
+            assert response.status_code == 404, path
+            assert response.json() == {"error": "Not Found"}
+            assert "location" not in response.headers
+
+
 def _app_with_handlers(settings: Settings) -> Starlette:
     async def answer(request: Request) -> JSONResponse:
         async with db_connection(request) as con:

@@ -5,19 +5,25 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from service import cli
+from service.http import BoundedHttpToolsProtocol
 
 SECRET = "do-not-print-me"
 
 
-def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
     return subprocess.run(
         [sys.executable, "-m", "service", *args],
-        env={**environ, **env},
+        env={**environ, "PYTHONPATH": str(ROOT), **env},
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=60,
@@ -51,7 +57,7 @@ def test_in_process_main_returns_2(monkeypatch: pytest.MonkeyPatch, capsys) -> N
     monkeypatch.setenv("WORKERS", "-3")
     monkeypatch.chdir(os.path.dirname(__file__))  # no .env here
     assert cli.main(["serve"]) == 2
-    assert capsys.readouterr().err == "error: WORKERS: -3 is out of range (must be >= 1)\n"
+    assert capsys.readouterr().err == "error: WORKERS: -3 is out of range (must be from 1 to 64)\n"
 
 
 def test_unknown_command_is_a_usage_error() -> None:
@@ -97,3 +103,36 @@ def test_serve_refuses_an_app_it_cannot_import_in_one_line(app: str, line: str) 
     result = run("serve", "--app", app)
     assert result.returncode == 2
     assert result.stderr == line
+
+
+def test_serve_hands_uvicorn_a_fractional_shutdown_timeout(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import uvicorn
+
+    given: dict[str, object] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: given.update(kwargs))
+    monkeypatch.setenv("SHUTDOWN_TIMEOUT", "0.5")
+    monkeypatch.chdir(tmp_path)  # no .env here
+    assert cli.main(["serve"]) == 0
+    assert given["timeout_graceful_shutdown"] == 0.5  # not int(0.5) == 0: cancel at once
+    assert given["http"] is BoundedHttpToolsProtocol
+
+
+@pytest.mark.parametrize(
+    ("content", "line"),
+    [
+        (f'PORT="9000\nDATABASE_URL=postgresql://app:{SECRET}@db/app\n'.encode(), 1),
+        (f"PORT=9000\nDATABASE_URL=postgresql://app:{SECRET}\xe9@db/app\n".encode("latin-1"), 2),
+    ],
+)
+@pytest.mark.parametrize("command", [["serve"], ["migrate", "list"]])
+def test_a_broken_env_file_is_one_line_naming_it(
+    tmp_path: Path, content: bytes, line: int, command: list[str]
+) -> None:
+    (tmp_path / ".env").write_bytes(content)
+    result = run(*command, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: .env: line {line} is not ")
+    assert result.stderr.count("\n") == 1
+    assert SECRET not in result.stdout + result.stderr

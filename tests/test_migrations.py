@@ -245,11 +245,30 @@ def test_new_creates_the_next_numbered_pair(
         f"created {sql_dir / '0004_add_users.sql'}",
         f"created {sql_dir / '0004_add_users.rollback.sql'}",
     ]
-    code, _, err = cli(capsys, "new", "Add Users", "--dir", str(sql_dir))
-    assert (code, err) == (
-        1,
-        "error: migration name 'Add Users': use lower-case letters, digits and _\n",
-    )
+
+
+@pytest.mark.parametrize(
+    ("name", "line"),
+    [
+        ("Add Users", "error: migration name 'Add Users': use lower-case letters, digits and _\n"),
+        ("abc\n", "error: migration name 'abc\\n': use lower-case letters, digits and _\n"),
+        ("a" * 300, "error: migration name is 300 characters long; at most 63\n"),
+    ],
+)
+def test_new_refuses_a_bad_name_and_creates_nothing(
+    capsys: pytest.CaptureFixture[str], sql_dir: Path, name: str, line: str
+) -> None:
+    before = sorted(sql_dir.iterdir())
+    assert cli(capsys, "new", name, "--dir", str(sql_dir)) == (2, "", line)
+    assert sorted(sql_dir.iterdir()) == before
+
+
+def test_new_takes_a_name_of_the_longest_length(
+    capsys: pytest.CaptureFixture[str], sql_dir: Path
+) -> None:
+    code, out, _ = cli(capsys, "new", "a" * 63, "--dir", str(sql_dir))
+    assert code == 0
+    assert (sql_dir / f"0004_{'a' * 63}.rollback.sql").is_file()
 
 
 def test_new_migration_files_apply_and_roll_back(database_url: str, sql_dir: Path) -> None:

@@ -63,6 +63,39 @@ def test_env_file_fills_gaps_and_the_environment_wins(tmp_path: Path) -> None:
     assert settings.port == 9100
 
 
+@pytest.mark.parametrize(
+    ("content", "line"),
+    [
+        (b'DB_POOL_MAX_SIZE=7\nPORT="9000\nLOG_FORMAT=json\n', 2),  # unterminated quote
+        (b"PORT=9000\n\nDATABASE_URL=postgresql://app:pw\xe9@db/app\n", 3),  # Latin-1, not UTF-8
+    ],
+)
+def test_a_broken_env_file_is_refused_naming_the_line(
+    tmp_path: Path, content: bytes, line: int
+) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_bytes(content)
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(environ={}, env_file=env_file)
+    assert str(caught.value).startswith(f"{env_file}: line {line} is not ")
+    assert "9000" not in str(caught.value) and "pw" not in str(caught.value)
+
+
+def test_env_file_may_start_with_a_byte_order_mark(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_bytes(b"\xef\xbb\xbfPORT=9001\n")
+    assert Settings.from_env(environ={}, env_file=env_file).port == 9001
+
+
+def test_an_empty_variable_is_the_same_as_an_unset_one(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("PORT=9005\nWORKERS=\n")
+    settings = Settings.from_env(environ={"PORT": "", "WORKERS": " "}, env_file=env_file)
+    assert settings.port == 9005  # empty in the environment: `.env` applies
+    assert settings.workers == 1  # empty in both: the default
+    assert from_env(PORT="").port == 8000
+
+
 def test_defaults_are_production_shaped() -> None:
     settings = from_env()
     assert (settings.pool_min_size, settings.pool_max_size) == (2, 30)
@@ -74,7 +107,7 @@ def test_defaults_are_production_shaped() -> None:
 def test_every_variable_is_read() -> None:
     settings = from_env(
         DB_POOL_MIN_SIZE="0",
-        DB_POOL_MAX_SIZE="3",
+        DB_POOL_MAX_SIZE="1000",
         DB_POOL_MAX_LIFETIME="60",
         DB_POOL_MAX_INACTIVE_LIFETIME="0",
         DB_CONNECT_TIMEOUT="1.5",
@@ -87,15 +120,15 @@ def test_every_variable_is_read() -> None:
         MIGRATE_LOCK_TIMEOUT="0",
         HOST="0.0.0.0",
         PORT="8080",
-        WORKERS="4",
-        SHUTDOWN_TIMEOUT="12",
+        WORKERS="64",
+        SHUTDOWN_TIMEOUT="0.5",
         LOG_LEVEL="DEBUG",
         LOG_FORMAT="JSON",
         ACCESS_LOG="off",
     )
     assert settings == Settings(
         pool_min_size=0,
-        pool_max_size=3,
+        pool_max_size=1000,
         pool_max_lifetime=60,
         pool_max_inactive_lifetime=0,
         connect_timeout=1.5,
@@ -108,8 +141,8 @@ def test_every_variable_is_read() -> None:
         migrate_lock_timeout=0,
         host="0.0.0.0",
         port=8080,
-        workers=4,
-        shutdown_timeout=12,
+        workers=64,
+        shutdown_timeout=0.5,
         log_level="debug",
         log_format="json",
         access_log=False,
@@ -137,6 +170,19 @@ def test_every_variable_is_read() -> None:
         ({"PORT": "70000"}, "PORT: 70000 is out of range"),
         ({"PORT": "http"}, "PORT: 'http' is not a whole number"),
         ({"WORKERS": "0"}, "WORKERS: 0 is out of range"),
+        ({"WORKERS": "65"}, "WORKERS: 65 is out of range (must be from 1 to 64)"),
+        (
+            {"DB_POOL_MAX_SIZE": "99999999999"},
+            "DB_POOL_MAX_SIZE: 99999999999 is out of range (must be from 1 to 1000)",
+        ),
+        (
+            {"DB_POOL_MIN_SIZE": "1001", "DB_POOL_MAX_SIZE": "1000"},
+            "DB_POOL_MIN_SIZE: 1001 is out of range (must be from 0 to 1000)",
+        ),
+        (
+            {"DB_STATEMENT_CACHE_SIZE": "10001"},
+            "DB_STATEMENT_CACHE_SIZE: 10001 is out of range (must be from 0 to 10000)",
+        ),
         ({"HOST": "local host"}, "HOST: 'local host' is not a host"),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL: 'loud' is not one of"),
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT: 'xml' is not one of text, json"),
