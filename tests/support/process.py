@@ -30,8 +30,18 @@ HEALTH = "/api/v1/health"
 class ServiceProcess:
     """The service in a subprocess on a free port; its pid is the uvicorn process."""
 
-    def __init__(self, database_url: str, *, capture_output: bool = False, **env: str) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        *,
+        capture_output: bool = False,
+        app: str | None = None,
+        ready_path: str = READY,
+        **env: str,
+    ) -> None:
         self.port = free_port()
+        self.app = app  # `serve --app MODULE:FACTORY`; None: the service itself
+        self.ready_path = ready_path  # the first 200 here means started
         self.env = {
             **os.environ,
             "DATABASE_URL": database_url,
@@ -60,12 +70,15 @@ class ServiceProcess:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def start(self, timeout: float = 60, interval: float = 0.005) -> float:
-        """Start it; seconds from exec to the first 200 from /api/v1/ready."""
+        """Start it; seconds from exec to the first 200 from `ready_path`."""
         started = time.perf_counter()
         log = None if self._log is None else self._log.open("ab")
         try:
+            command = [sys.executable, "-m", "service", "serve"]
+            if self.app is not None:
+                command += ["--app", self.app]
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "service", "serve"],
+                command,
                 cwd=ROOT,
                 env=self.env,
                 stdout=log,
@@ -85,7 +98,7 @@ class ServiceProcess:
             raise RuntimeError(
                 f"the service exited with {self.process.returncode}\n{self.output()}"
             )
-        return self.get(READY) == 200
+        return self.get(self.ready_path) == 200
 
     def get(self, path: str) -> int | None:
         answer = self.fetch(path)
