@@ -469,8 +469,15 @@ def new(name: str, directory: Path | None = None) -> tuple[Path, Path]:
         f"-- {stem}: describe the change here.\n"
         "-- Runs in one transaction. For CREATE INDEX CONCURRENTLY and the like, add a line\n"
         "-- `-- transactional: false` at the top (see docs/migrations.md for the risk).\n"
+        "-- Each statement waits at most MIGRATE_STATEMENT_LOCK_TIMEOUT for a lock, then the\n"
+        "-- migration is retried; a long backfill may raise its own limit with a line\n"
+        "-- `-- statement_timeout: SECONDS` up here. scripts/test lints this file (squawk).\n"
     )
-    backward.write_text(f"-- {stem} rollback: undo {stem}.sql, statements in reverse order.\n")
+    backward.write_text(
+        f"-- {stem} rollback: undo {stem}.sql, statements in reverse order.\n"
+        "-- Undoing drops what the migration added; the lint accepts that here:\n"
+        "-- squawk-ignore-file ban-drop-table, ban-drop-column\n"
+    )
     return forward, backward
 
 

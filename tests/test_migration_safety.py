@@ -1,9 +1,11 @@
-"""Migrations on a live database, on real PostgreSQL: lock waits, timeouts, INVALID indexes."""
+"""Migrations on a live database, on real PostgreSQL: lock waits, timeouts, indexes, lint."""
 
 from __future__ import annotations
 
 import re
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -13,13 +15,15 @@ from typing import Any
 import psycopg
 import pytest
 
-from service import migration_safety
+from service import migration_safety, migrations
 from service.migration_safety import LockRetries, Timeouts
 from service.migrations import Runner
 from service.settings import DatabaseURL
 from tests.test_migrations import SHIPPED, cli, query, write
 
+ROOT = Path(__file__).resolve().parent.parent
 LOCK_TIMEOUT = 0.2  # short, so that the suite stays fast; the bounds below derive from it
+SQUAWK = Path(sys.executable).parent / "squawk"
 
 
 @pytest.fixture
@@ -345,3 +349,39 @@ def test_concurrent_index_waiting_on_an_old_snapshot_is_dropped_and_retried(
 )
 def test_concurrent_index_name(statement: str, name: str | None) -> None:
     assert migration_safety.concurrent_index_name(statement) == name
+
+
+# -- the lint -------------------------------------------------------------------------------
+
+
+def squawk(*paths: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(SQUAWK), "--config", str(ROOT / ".squawk.toml"), "--reporter", "gcc",
+         *map(str, paths)],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+
+
+def test_squawk_passes_the_shipped_sql_and_the_new_template(tmp_path: Path) -> None:
+    assert squawk(*sorted(SHIPPED.glob("*.sql"))).returncode == 0
+    forward, backward = migrations.new("add_users", tmp_path)
+    with forward.open("a") as f:
+        f.write("CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL);\n")
+    with backward.open("a") as f:
+        f.write("DROP TABLE users;\n")
+    linted = squawk(forward, backward)
+    assert linted.returncode == 0, linted.stdout + linted.stderr
+
+
+def test_squawk_finds_a_locking_statement_until_it_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "0002_users_email.sql"
+    path.write_text("CREATE INDEX users_email ON users (email);\n")
+    linted = squawk(path)
+    assert linted.returncode == 1 and "require-concurrent-index-creation" in linted.stdout
+    path.write_text(
+        "-- users is created empty in the same release; no one reads it yet\n"
+        "-- squawk-ignore require-concurrent-index-creation\n"
+        "CREATE INDEX users_email ON users (email);\n"
+    )
+    linted = squawk(path)
+    assert linted.returncode == 0, linted.stdout
