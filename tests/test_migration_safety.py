@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 import subprocess
@@ -306,21 +307,21 @@ def test_an_invalid_index_the_statement_did_not_build_is_left_alone(
 
 
 def test_concurrent_index_waiting_on_an_old_snapshot_is_dropped_and_retried(
-    database_url: str, live_dir: Path
+    caplog: pytest.LogCaptureFixture, database_url: str, live_dir: Path
 ) -> None:
     write(live_dir, "0003_orders_by_total", "-- transactional: false\n"
           "CREATE INDEX CONCURRENTLY orders_by_total ON orders (total);\n")  # fmt: skip
-    retries: list[str] = []
+    caplog.set_level(logging.WARNING, logger="service.migrations")
     timeouts = Timeouts(lock_timeout=LOCK_TIMEOUT, retry_budget=60)
     with psycopg.connect(database_url, application_name="pg_dump") as snapshot:
         snapshot.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         snapshot.execute("SELECT 1")  # the build waits for every older snapshot to go
-        with Runner(DatabaseURL.parse(database_url), live_dir, timeouts=timeouts,
-                    on_retry=retries.append) as runner:  # fmt: skip
+        pid = snapshot.info.backend_pid
+        with Runner(DatabaseURL.parse(database_url), live_dir, timeouts=timeouts) as runner:
             done: list[list[str]] = []
             thread = threading.Thread(target=lambda: done.append(runner.apply(lambda _: None)))
             thread.start()
-            wait_for(lambda: len(retries) >= 2, "two retries")
+            wait_for(lambda: len(caplog.messages) >= 2, "two retries")
             assert query(database_url, "SELECT to_regclass('orders_by_total')") in (
                 [(None,)],  # dropped before the pause ...
                 [("orders_by_total",)],  # ... or the next attempt is building it
@@ -328,7 +329,13 @@ def test_concurrent_index_waiting_on_an_old_snapshot_is_dropped_and_retried(
             snapshot.rollback()
             thread.join(60)
     assert done == [["0003_orders_by_total"]]
-    assert all("blocked by pid" in line and "'pg_dump'" in line for line in retries), retries
+    assert all(
+        line.startswith(
+            "migrations.lock_retry 0003_orders_by_total.sql statement 1: lock_timeout "
+            f"0.2s ran out, blocked by pid {pid} (application_name 'pg_dump', "
+        )  # fmt: skip
+        for line in caplog.messages
+    ), caplog.messages
     assert query(
         database_url,
         "SELECT indisvalid FROM pg_index WHERE indexrelid = 'orders_by_total'::regclass",
