@@ -114,12 +114,12 @@ def test_blocked_migration_lets_queries_through_and_applies_when_the_blocker_lea
     reader.start()
     runner.start()
     try:
-        wait_for(lambda: len(retries) >= 3, "three retries")
+        wait_for(lambda: len(retries) >= 2, "two retries")
         # `migrate list` takes no lock: it answers while the run retries.
         code, out, _ = cli(capsys, "list", "--database", database_url, "--dir", str(live_dir))
         assert (code, out.splitlines()[-1]) == (0, "pending  0003_orders_note")
         # Held long enough that a reader queued behind the migration would break the bound.
-        wait_for(lambda: time.monotonic() - blocked_since > 2.5, "the blocker's 2.5 s")
+        wait_for(lambda: time.monotonic() - blocked_since > 1.6, "the blocker's 1.6 s")
     finally:
         blocker.rollback()
         runner.join(60)
@@ -127,7 +127,7 @@ def test_blocked_migration_lets_queries_through_and_applies_when_the_blocker_lea
         reader.join(10)
     assert outcome == [["0003_orders_note"]]
     assert query(database_url, "SELECT count(note) FROM orders") == [(0,)]
-    assert reads[0] > 20
+    assert reads[0] > 10
     assert longest[0] < 3 * LOCK_TIMEOUT + 0.5, f"a read waited {longest[0]:.2f}s"
     pid = blocker.info.backend_pid
     pattern = (
@@ -149,7 +149,7 @@ def test_retry_budget_runs_out_with_one_line_naming_the_blocker(
 ) -> None:
     write(live_dir, *ADD_NOTE, "ALTER TABLE orders DROP COLUMN note;")
     monkeypatch.setenv("MIGRATE_STATEMENT_LOCK_TIMEOUT", str(LOCK_TIMEOUT))
-    monkeypatch.setenv("MIGRATE_LOCK_RETRY_BUDGET", "1.5")
+    monkeypatch.setenv("MIGRATE_LOCK_RETRY_BUDGET", "1")
     args = ("--database", database_url, "--dir", str(live_dir))
     code, out, err = cli(capsys, "apply", *args)
     assert (code, out) == (1, "")
@@ -164,7 +164,7 @@ def test_retry_budget_runs_out_with_one_line_naming_the_blocker(
     ), retried
     assert re.fullmatch(
         rf"error: migration 0003_orders_note\.sql gave up waiting for a lock after "
-        rf"{len(retried) + 1} attempts in \d+\.\ds \(MIGRATE_LOCK_RETRY_BUDGET=1\.5s\): "
+        rf"{len(retried) + 1} attempts in \d+\.\ds \(MIGRATE_LOCK_RETRY_BUDGET=1s\): "
         rf"statement 1 `ALTER TABLE orders ADD COLUMN note text;` was blocked by pid {pid} "
         r"\(application_name 'nightly-report', idle in transaction, transaction open "
         r"\d+\.\ds\) \(rolled back, not recorded\)",
