@@ -116,7 +116,8 @@ def _header_seconds(path: Path, name: str, raw: str) -> float:
 
 
 def _ms(seconds: float) -> str:
-    return f"{round(seconds * 1000)}ms"
+    # PostgreSQL reads 0 as "no limit": a positive value stays at least 1 ms.
+    return f"{max(round(seconds * 1000), 1) if seconds > 0 else 0}ms"
 
 
 def reset(con: psycopg.Connection[Any]) -> None:

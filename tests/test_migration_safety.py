@@ -235,6 +235,22 @@ def test_statement_timeout_and_the_header_override(
         assert runner.con.execute(settings).fetchone() == ("0", "0")
 
 
+def test_header_overrides_and_what_the_session_gets(tmp_path: Path, database_url: str) -> None:
+    path = tmp_path / "0002_backfill.sql"
+    path.write_text(
+        "-- 0002_backfill\n-- transactional: false\n\n-- statement_timeout: 3600\n"
+        "--lock_timeout:off\nUPDATE t SET x = 1;\n-- statement_timeout: 1\n"
+    )
+    assert Timeouts().for_file(path) == Timeouts(lock_timeout=0, statement_timeout=3600)
+    with psycopg.connect(database_url, autocommit=True) as con:
+        # 0 means "no limit" to PostgreSQL: a tiny positive limit must not become that.
+        Timeouts(lock_timeout=0.0001, statement_timeout=0).apply(con, local=False)
+        settings = "SELECT current_setting('lock_timeout'), current_setting('statement_timeout')"
+        assert con.execute(settings).fetchone() == ("1ms", "0")
+        migration_safety.reset(con)
+        assert con.execute(settings).fetchone() == ("0", "0")
+
+
 def test_a_bad_header_or_setting_is_one_line(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
