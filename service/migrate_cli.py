@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 
 from . import migrations
+from .migration_safety import Timeouts
 from .migrations import MigrationError, MigrationNameError, Runner, describe
 from .settings import DatabaseURL, Settings
 
@@ -76,12 +77,18 @@ def _say(line: str) -> None:
     print(line, flush=True)  # as each migration commits, so a later failure keeps the record
 
 
+def _retrying(line: str) -> None:
+    print(f"retry: {line}", file=sys.stderr, flush=True)
+
+
 def _runner(settings: Settings, url: DatabaseURL, args: argparse.Namespace) -> Runner:
     return Runner(
         url,
         args.dir,
         lock_timeout=settings.migrate_lock_timeout,
         connect_timeout=settings.connect_timeout,
+        timeouts=Timeouts.from_settings(settings),
+        on_retry=_retrying,
     )
 
 

@@ -8,7 +8,8 @@ plain `yoyo` CLI keeps working. What we add on top:
 - yoyo's own lock row is inserted in a transaction we never commit, so plain `yoyo`
   runners wait for us, yet a crash of ours leaves no row behind;
 - each migration and its bookkeeping commit in one transaction (exactly once);
-- a checksum of each applied file in `service_migration_checksums`; edits are refused.
+- a checksum of each applied file in `service_migration_checksums`; edits are refused;
+- short lock waits retried, statement timeouts, no INVALID index left (migration_safety).
 """
 
 from __future__ import annotations
@@ -26,13 +27,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from psycopg import errors
 from psycopg.conninfo import conninfo_to_dict
 from yoyo import read_migrations
 from yoyo.backends.core.postgresql import PostgresqlPsycopgBackend
 from yoyo.connections import parse_uri
 from yoyo.migrations import Migration, MigrationList
 
-from . import migration_lock
+from . import migration_lock, migration_safety
+from .migration_safety import Blocker, BlockerWatch, LockRetries, Timeouts
 from .settings import DatabaseURL, Settings
 
 if TYPE_CHECKING:
@@ -67,6 +70,17 @@ class MigrationError(Exception):
 
 class MigrationNameError(MigrationError):
     """`migrate new` was given a name we cannot make a file of (a usage error)."""
+
+
+class _LockTimedOut(Exception):
+    """A statement's lock_timeout ran out (SQLSTATE 55P03): roll back, pause, try again."""
+
+    def __init__(self, number: int, statement: str, blocker: Blocker | None) -> None:
+        self.number, self.statement, self.blocker = number, statement, blocker
+
+
+def _log_retry(line: str) -> None:
+    log.warning("migrations.lock_retry %s", line)
 
 
 def default_directory() -> Path:
@@ -178,14 +192,19 @@ class Runner:
         *,
         lock_timeout: float = 60.0,
         connect_timeout: float = 5.0,
+        timeouts: Timeouts | None = None,
+        on_retry: Callable[[str], object] = _log_retry,
     ) -> None:
         self.url = url
         self.directory = Path(directory or default_directory())
-        self.lock_timeout = lock_timeout
+        self.lock_timeout = lock_timeout  # for the run lock; `timeouts` are the statements'
         self.connect_timeout = connect_timeout
+        self.timeouts = timeouts or Timeouts()
+        self.on_retry = on_retry
         self.migrations = read(self.directory)
         self._con: psycopg.Connection[Any] | None = None
         self._guard: psycopg.Connection[Any] | None = None
+        self._watch: BlockerWatch | None = None
 
     def __enter__(self) -> Runner:
         try:
@@ -209,6 +228,9 @@ class Runner:
             # aborts, releasing the lock, instead of finishing a long statement first.
             con.execute("SET client_connection_check_interval = '1s'")
         migration_lock.acquire(con, self.lock_timeout)
+        self._watch = BlockerWatch(
+            lambda: connect(self.url, self.connect_timeout), con.info.backend_pid
+        )
         # First, so that a role without CREATE on the schema hears so plainly (yoyo's own
         # set-up swallows that error and fails later on a missing yoyo_lock). Only when
         # missing: CREATE ... IF NOT EXISTS still checks the privilege.
@@ -222,6 +244,9 @@ class Runner:
         self.backend.ensure_internal_schema_updated()
 
     def close(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
         for con in (self._guard, self._con):
             if con is not None:
                 con.close()  # rolls back the yoyo row; ends the session, so the lock
@@ -303,42 +328,103 @@ class Runner:
 
     def _run(self, m: Migration, direction: str) -> None:
         m.load()
+        file = Path(m.path).name
+        if direction == "rollback":
+            file = file.removesuffix(".sql") + ".rollback.sql"
+        path = Path(m.path).with_name(file)
+        try:
+            timeouts = self.timeouts.for_file(path) if path.is_file() else self.timeouts
+        except ValueError as exc:
+            raise MigrationError(str(exc)) from None
+        retries = LockRetries(timeouts.retry_budget)
         backend = self.backend
-        if m.use_transactions:
-            # The steps and the bookkeeping commit together: applied exactly once, or not at all.
-            with backend.transaction():
-                self._steps(m, direction)
-                self._record(m, direction)
-        else:
+        if not m.use_transactions:
             with backend.disable_transactions():
-                self._steps(m, direction)
+                timeouts.apply(self.con, local=False)
+                try:
+                    self._steps(m, direction, file, timeouts, retries)
+                finally:
+                    migration_safety.reset(self.con)
             with backend.transaction():
                 self._record(m, direction)
+            return
+        while True:
+            # The steps and the bookkeeping commit together: applied exactly once, or not at
+            # all. A lock timeout rolls the whole transaction back; then it starts again.
+            try:
+                with backend.transaction():
+                    timeouts.apply(self.con, local=True)
+                    self._steps(m, direction, file, timeouts, retries)
+                    self._record(m, direction)
+                return
+            except _LockTimedOut as timed_out:
+                self._pause_or_give_up(m, direction, file, timed_out, timeouts, retries)
 
-    def _steps(self, m: Migration, direction: str) -> None:
+    def _steps(
+        self,
+        m: Migration,
+        direction: str,
+        file: str,
+        timeouts: Timeouts,
+        retries: LockRetries,
+    ) -> None:
+        assert self._watch is not None
         steps = list(m.steps or ())
         if direction == "rollback":
             steps.reverse()
         for number, step in enumerate(steps, 1):
-            try:
-                getattr(step, direction)(self.backend)
-            except psycopg.Error as exc:
-                inner = getattr(step, "step", step)
-                sql = getattr(inner, "_" + direction, None)
-                statement = " ".join(str(sql).split()) if sql else "?"
-                if len(statement) > 120:
-                    statement = statement[:117] + "..."
-                kind = "rollback of" if direction == "rollback" else "migration"
-                file = Path(m.path).name
-                if direction == "rollback":
-                    file = file.removesuffix(".sql") + ".rollback.sql"
-                left = "rolled back, not recorded"
-                if not m.use_transactions:
-                    left = "NOT transactional: earlier statements stay applied, not recorded"
-                raise MigrationError(
-                    f"{kind} {file} failed at statement {number} `{statement}`: "
-                    f"{describe(exc, self.url)} ({left})"
-                ) from None
+            while True:
+                try:
+                    with self._watch.statement(timeouts.lock_timeout):
+                        getattr(step, direction)(self.backend)
+                    break
+                except psycopg.Error as exc:
+                    inner = getattr(step, "step", step)
+                    raw = str(getattr(inner, "_" + direction, None) or "?")
+                    statement = " ".join(raw.split())
+                    if len(statement) > 120:
+                        statement = statement[:117] + "..."
+                    index_note, index_left = "", False
+                    if not m.use_transactions:
+                        index_note, index_left = migration_safety.clean_up_failed_index(
+                            self.con, raw, exc, max(timeouts.retry_budget, 1.0)
+                        )
+                    if isinstance(exc, errors.LockNotAvailable) and not index_left:
+                        timed_out = _LockTimedOut(number, statement, self._watch.blocker)
+                        if m.use_transactions:
+                            raise timed_out from None
+                        self._pause_or_give_up(m, direction, file, timed_out, timeouts, retries)
+                        timeouts.apply(self.con, local=False)  # the index drop set its own
+                        continue
+                    raise MigrationError(
+                        f"{_kind(direction)} {file} failed at statement {number} `{statement}`: "
+                        f"{describe(exc, self.url)}{timeouts.hint(exc)} "
+                        f"({_left(m)}{index_note})"
+                    ) from None
+
+    def _pause_or_give_up(
+        self,
+        m: Migration,
+        direction: str,
+        file: str,
+        timed_out: _LockTimedOut,
+        timeouts: Timeouts,
+        retries: LockRetries,
+    ) -> None:
+        blocker = str(timed_out.blocker or "a session already gone when looked up")
+        pause = retries.next_pause()
+        if pause is None:
+            raise MigrationError(
+                f"{_kind(direction)} {file} gave up waiting for a lock after {retries.attempts} "
+                f"attempts in {retries.elapsed:.1f}s "
+                f"(MIGRATE_LOCK_RETRY_BUDGET={timeouts.retry_budget:g}s): statement "
+                f"{timed_out.number} `{timed_out.statement}` was blocked by {blocker} ({_left(m)})"
+            )
+        self.on_retry(
+            f"{file} statement {timed_out.number}: lock_timeout {timeouts.lock_timeout:g}s ran "
+            f"out, blocked by {blocker}; attempt {retries.attempts + 1} in {pause:.1f}s"
+        )
+        retries.pause(pause)
 
     def _record(self, m: Migration, direction: str) -> None:
         backend = self.backend
@@ -351,15 +437,30 @@ class Runner:
         backend.log_migration(m, direction)
 
 
+def _kind(direction: str) -> str:
+    return "rollback of" if direction == "rollback" else "migration"
+
+
+def _left(m: Migration) -> str:
+    if m.use_transactions:
+        return "rolled back, not recorded"
+    return "NOT transactional: earlier statements stay applied, not recorded"
+
+
 def apply(
     url: DatabaseURL,
     directory: Path | None = None,
     lock_timeout: float = 60.0,
     connect_timeout: float = 5.0,
+    timeouts: Timeouts | None = None,
 ) -> int:
     """Apply pending migrations; returns how many were applied."""
     with Runner(
-        url, directory, lock_timeout=lock_timeout, connect_timeout=connect_timeout
+        url,
+        directory,
+        lock_timeout=lock_timeout,
+        connect_timeout=connect_timeout,
+        timeouts=timeouts,
     ) as runner:
         return len(runner.apply())
 
@@ -382,8 +483,15 @@ def new(name: str, directory: Path | None = None) -> tuple[Path, Path]:
         f"-- {stem}: describe the change here.\n"
         "-- Runs in one transaction. For CREATE INDEX CONCURRENTLY and the like, add a line\n"
         "-- `-- transactional: false` at the top (see docs/migrations.md for the risk).\n"
+        "-- Each statement waits at most MIGRATE_STATEMENT_LOCK_TIMEOUT for a lock, then the\n"
+        "-- migration is retried; a long backfill may raise its own limit with a line\n"
+        "-- `-- statement_timeout: SECONDS` up here. scripts/test lints this file (squawk).\n"
     )
-    backward.write_text(f"-- {stem} rollback: undo {stem}.sql, statements in reverse order.\n")
+    backward.write_text(
+        f"-- {stem} rollback: undo {stem}.sql, statements in reverse order.\n"
+        "-- Undoing drops what the migration added; the lint accepts that here:\n"
+        "-- squawk-ignore-file ban-drop-table, ban-drop-column\n"
+    )
     return forward, backward
 
 
@@ -400,6 +508,7 @@ def startup_hook(settings: Settings) -> Callable[[asyncpg.Pool], Awaitable[None]
                 None,
                 settings.migrate_lock_timeout,
                 settings.connect_timeout,
+                Timeouts.from_settings(settings),
             )
             log.info("migrations.applied_on_startup count=%d", count)
         migrations = read()

@@ -158,6 +158,15 @@ class Settings:
     slow_query_ms: float = setting("DB_SLOW_QUERY_MS", _milliseconds, 0.0)
     migrate_on_startup: bool = setting("DB_MIGRATE_ON_STARTUP", _boolean, False)
     migrate_lock_timeout: float = setting("MIGRATE_LOCK_TIMEOUT", _seconds(allow_zero=True), 60.0)
+    migrate_statement_lock_timeout: float = setting(
+        "MIGRATE_STATEMENT_LOCK_TIMEOUT", _seconds(allow_zero=True), 1.0
+    )
+    migrate_lock_retry_budget: float = setting(
+        "MIGRATE_LOCK_RETRY_BUDGET", _seconds(allow_zero=True), 180.0
+    )
+    migrate_statement_timeout: float = setting(
+        "MIGRATE_STATEMENT_TIMEOUT", _seconds(allow_zero=True), 600.0
+    )
     host: str = setting("HOST", _host, "127.0.0.1")
     port: int = setting("PORT", _integer(1, 65535), 8000)
     workers: int = setting("WORKERS", _integer(1, MAX_WORKERS), 1)
