@@ -20,7 +20,7 @@ from service import migration_safety, migrations
 from service.migration_safety import LockRetries, Timeouts
 from service.migrations import Runner
 from service.settings import DatabaseURL
-from tests.test_migrations import SHIPPED, cli, query, write
+from tests.support.migrations import SHIPPED, cli, query, write
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK_TIMEOUT = 0.2  # short, so that the suite stays fast; the bounds below derive from it

@@ -19,16 +19,15 @@ import pytest
 
 from service import migrations
 from service.app import create_app
-from service.cli import main
 from service.migrations import MigrationError, Runner
 from service.settings import DatabaseURL
 from tests.support.apps import running, test_settings
 from tests.support.cluster import free_port
+from tests.support.migrations import SHIPPED, cli, query, write
 from tests.support.polling import wait_until
 from tests.support.servers import Server
 
 ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = ROOT / "sql"
 BOOKKEEPING = ("_yoyo_", "yoyo_lock", "service_migration_checksums")
 
 CATALOGUE = """
@@ -81,12 +80,6 @@ def empty_url(server: Server) -> Iterator[str]:
     server.drop_database(name)
 
 
-def write(directory: Path, name: str, forward: str, backward: str = "") -> None:
-    directory.mkdir(exist_ok=True)
-    (directory / f"{name}.sql").write_text(forward)
-    (directory / f"{name}.rollback.sql").write_text(backward)
-
-
 @pytest.fixture
 def sql_dir(tmp_path: Path) -> Path:
     """The shipped baseline plus a table and a row: enough to see order and undo."""
@@ -106,12 +99,6 @@ def sql_dir(tmp_path: Path) -> Path:
     return directory
 
 
-def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(["migrate", *argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def wait_until_seen(url: str, sql: str, process: subprocess.Popen[str]) -> None:
     """Poll until `sql` returns a row, while `process` still runs (30 s at most)."""
 
@@ -120,11 +107,6 @@ def wait_until_seen(url: str, sql: str, process: subprocess.Popen[str]) -> None:
         return query(url, sql)
 
     wait_until(seen, f"a row from {sql!r}")
-
-
-def query(url: str, sql: str) -> list[tuple[Any, ...]]:
-    with psycopg.connect(url) as con:
-        return con.execute(sql).fetchall()
 
 
 def apply_count(url: str, migration_id: str) -> int:
