@@ -17,8 +17,9 @@ from starlette.routing import BaseRoute, Route
 
 from . import health, migrations
 from .db import Database, DatabaseUnavailable, PooledConnection, QueryTimeout
-from .disconnect import SCOPE_KEY, CancelOnDisconnect
-from .metrics import HTTPMetrics, Metrics
+from .disconnect import SCOPE_KEY
+from .metrics import Metrics
+from .middleware import RequestMiddleware
 from .settings import Settings
 from .tracing import RouteName, Tracing
 
@@ -105,7 +106,7 @@ def create_app(settings: Settings | None = None, *, routes: Sequence[BaseRoute] 
             if tracing is not None:
                 tracing.stop()
 
-    middleware = [Middleware(HTTPMetrics, metrics=metrics), Middleware(CancelOnDisconnect)]
+    middleware = [Middleware(RequestMiddleware, metrics=metrics)]
     if tracing is not None:
         middleware[:0] = [Middleware(tracing.middleware, **tracing.options), Middleware(RouteName)]
 

@@ -145,9 +145,11 @@ def pool_arguments(settings: Settings) -> PoolArguments:
 class PooledConnection:
     """`async with db.connection() as con`: a bounded acquire, always a release.
 
-    A plain class rather than @asynccontextmanager: it runs on every request. The acquire
-    is bounded by `asyncio.timeout`, a timer, where `pool.acquire(timeout=...)` would run
-    `asyncio.wait_for`: a task per acquire on Python 3.11 (docs/performance.md).
+    A plain class rather than @asynccontextmanager: it runs on every request. While the
+    pool has a free slot, acquiring cannot wait for one, so it takes no timer; only when
+    every slot is lent is the wait bounded, by `asyncio.timeout` (`pool.acquire(timeout=)`
+    would run `asyncio.wait_for`: a task per acquire on Python 3.11). Opening a connection
+    for a free slot is bounded by DB_CONNECT_TIMEOUT. Why: docs/performance.md.
     """
 
     __slots__ = ("_db", "_timeout", "_pool", "_con", "_acquired_at", "watch")
@@ -158,8 +160,8 @@ class PooledConnection:
         self._pool: asyncpg.Pool | None = None
         self._con: PoolConnectionProxy[asyncpg.Record] | None = None
         self._acquired_at = 0.0
-        # The request's disconnect watch (service.disconnect), started while we hold a
-        # connection so a client that leaves cancels the handler.
+        # The request's disconnect watch (service/disconnect.py): told while we hold a
+        # connection, so a client that leaves cancels the handler.
         self.watch: Watch | None = None
 
     async def __aenter__(self) -> PoolConnectionProxy[asyncpg.Record]:
@@ -167,12 +169,10 @@ class PooledConnection:
         pool = self._pool = db._pool
         if pool is None:
             raise DatabaseUnavailable(db._state)
-        if self.watch is not None:
-            self.watch.start()
         start = time.perf_counter()
         db._waiting += 1
         try:
-            if self._timeout is None:  # the caller bounds it (readiness)
+            if self._timeout is None or db._lent < db._max_size:
                 self._con = await pool.acquire()
             else:
                 async with asyncio.timeout(self._timeout):
@@ -185,6 +185,9 @@ class PooledConnection:
             db._waiting -= 1
             self._acquired_at = now = time.perf_counter()
             db._acquire_seconds.observe(now - start)
+        db._lent += 1
+        if self.watch is not None:
+            self.watch.hold()
         return self._con
 
     async def __aexit__(
@@ -196,6 +199,8 @@ class PooledConnection:
         con, self._con = self._con, None
         if con is None:
             return
+        if self.watch is not None:
+            self.watch.let_go()
         db = self._db
         db._held_seconds.observe(time.perf_counter() - self._acquired_at)
         pool = self._pool
@@ -223,12 +228,16 @@ class PooledConnection:
             # dropped, and the handler's own outcome stands.
             if not con.is_closed():
                 con.terminate()
+        finally:
+            db._lent -= 1
 
 
 class Watch(Protocol):
-    """What the helper needs of a request's disconnect watch (service/disconnect.py)."""
+    """What the helper tells a request's disconnect watch (service/disconnect.py)."""
 
-    def start(self) -> None: ...
+    def hold(self) -> None: ...
+
+    def let_go(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +292,8 @@ class Database:
         self._lost = 0
         self._closed = 0
         self._waiting = 0
+        self._lent = 0  # connections out through the helper (and being released)
+        self._max_size = settings.pool_max_size
         self._acquire_seconds = Histogram(ACQUIRE_BUCKETS)
         self._acquire_timeouts = 0
         self._held_seconds = Histogram(HELD_BUCKETS)
@@ -397,9 +408,8 @@ class Database:
         self._releasing.add(task)
         task.add_done_callback(self._releasing.discard)
 
-    @staticmethod
     async def _release_bounded(
-        pool: asyncpg.Pool, con: PoolConnectionProxy[asyncpg.Record]
+        self, pool: asyncpg.Pool, con: PoolConnectionProxy[asyncpg.Record]
     ) -> None:
         try:
             await pool.release(con, timeout=CANCEL_TIMEOUT)
@@ -407,6 +417,8 @@ class Database:
             # asyncpg terminated it: a hung server never confirmed the cancel.
             if not con.is_closed():
                 con.terminate()
+        finally:
+            self._lent -= 1
 
     async def _create_pool(self) -> asyncpg.Pool:
         return await asyncpg.create_pool(

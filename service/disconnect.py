@@ -1,14 +1,16 @@
 """Cancel a handler whose client has gone while it holds a database connection.
 
 Starlette does not cancel a request handler when its client disconnects: a query runs on to
-its end for nobody, holding a pool connection. This pure ASGI middleware gives each HTTP
-request a `Watch` (in `scope["service.disconnect"]`); the connection helper starts it when
-it acquires, so requests that never touch the database pay nothing. Once started, a task
-reads the request's `receive` channel; an `http.disconnect` before the response has
-started cancels the handler with CLIENT_DISCONNECTED, the helper has the query cancelled on
-the server, and no response is sent. Messages the watch reads (a request body not yet
-consumed) are handed on to the app's own `receive` calls, so handlers that read the body,
-streaming responses and background tasks keep working.
+its end for nobody, holding a pool connection. The request middleware (service/middleware.py)
+gives each HTTP request a `Watch` (in `scope["service.disconnect"]`); the connection helper
+tells it when the handler holds a connection and when it lets go. A handler that has held one
+across two sweeps (WATCH_AFTER apart) gets a task that reads its request's `receive` channel;
+an `http.disconnect` before the response has started cancels the handler with
+CLIENT_DISCONNECTED, the helper has the query cancelled on the server, and no response is
+sent. Fast requests (most) never get that task: the cost per request is a dict entry and the
+wrapped `send`. Messages the watch reads (a request body not yet consumed) are handed on to
+the app's own `receive` calls, so handlers that read the body, streaming responses and
+background tasks keep working.
 """
 
 from __future__ import annotations
@@ -16,34 +18,59 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive
 
 from .db import CLIENT_DISCONNECTED
 
 SCOPE_KEY = "service.disconnect"
+# Seconds between sweeps; a handler still holding a connection at two sweeps in a row is
+# watched, so a disconnect cancels it within about 2 x WATCH_AFTER.
+WATCH_AFTER = 0.2
 _DISCONNECT: Message = {"type": "http.disconnect"}
 
 
 class Watch:
     """One request's disconnect watch; see the module docstring."""
 
-    __slots__ = ("_receive", "_handler", "_task", "_messages", "_waiter", "_gone", "started")
+    __slots__ = (
+        "_sweeper",
+        "_receive",
+        "_handler",
+        "_task",
+        "_messages",
+        "_waiter",
+        "_gone",
+        "_reading",
+        "started",
+    )
 
-    def __init__(self, receive: Receive, handler: asyncio.Task[object]) -> None:
+    def __init__(self, sweeper: Sweeper, receive: Receive, handler: asyncio.Task[object]) -> None:
+        self._sweeper = sweeper
         self._receive = receive
         self._handler = handler
         self._task: asyncio.Task[None] | None = None
         self._messages: deque[Message] = deque()  # read by the watch, not yet by the app
         self._waiter: asyncio.Future[None] | None = None  # the app waiting for a message
         self._gone = False  # the client disconnected (or the response completed)
+        self._reading = False  # the app itself waits on the channel (a streamed body)
         self.started = False  # the response has started: too late to cancel
 
+    def hold(self) -> None:
+        """The handler holds a connection (the helper calls this on acquire)."""
+        self._sweeper.hold(self)
+
+    def let_go(self) -> None:
+        self._sweeper.let_go(self)
+
     def start(self) -> None:
-        """Begin watching (idempotent); called by the helper on acquire."""
-        if self._task is None and not self._gone:
+        """Begin reading the channel (idempotent); called by the sweeper."""
+        # Never two readers of one channel: if the app is reading (a streamed body), the
+        # next sweep tries again.
+        if self._task is None and not self._gone and not self.started and not self._reading:
             self._task = asyncio.get_running_loop().create_task(self._watch())
 
     def stop(self) -> None:
+        self._sweeper.let_go(self)
         if self._task is not None:
             self._task.cancel()
 
@@ -57,7 +84,11 @@ class Watch:
         if self._messages:
             return self._messages.popleft()
         if self._task is None:
-            return await self._receive()
+            self._reading = True
+            try:
+                return await self._receive()
+            finally:
+                self._reading = False
         while not self._messages and not self._gone:
             self._waiter = asyncio.get_running_loop().create_future()
             await self._waiter
@@ -82,31 +113,32 @@ class Watch:
             self._waiter.set_result(None)
 
 
-class CancelOnDisconnect:
-    """Pure ASGI middleware: a `Watch` per HTTP request; see the module docstring."""
+class Sweeper:
+    """Starts the watches of handlers that hold a connection across two sweeps.
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    A timer callback, not a task, and only while some handler holds a connection.
+    """
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        handler = asyncio.current_task()
-        assert handler is not None
-        watch = Watch(receive, handler)
-        scope[SCOPE_KEY] = watch
+    def __init__(self, interval: float = WATCH_AFTER) -> None:
+        self.interval = interval
+        self._held: dict[Watch, None] = {}  # insertion-ordered set
+        self._seen: set[Watch] = set()  # held at the last sweep
+        self._timer: asyncio.TimerHandle | None = None
 
-        async def send_and_mark(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                watch.started = True
-            await send(message)
+    def hold(self, watch: Watch) -> None:
+        self._held[watch] = None
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.interval, self._sweep)
 
-        try:
-            await self.app(scope, watch.receive, send_and_mark)
-        except asyncio.CancelledError:
-            if watch.fired and handler.uncancel() == 0:
-                return  # our own cancellation: the client is gone, nothing to answer
-            raise
-        finally:
-            watch.stop()
+    def let_go(self, watch: Watch) -> None:
+        self._held.pop(watch, None)
+
+    def _sweep(self) -> None:
+        for watch in self._seen:
+            if watch in self._held:
+                watch.start()
+        self._seen = set(self._held)
+        if self._held:
+            self._timer = asyncio.get_running_loop().call_later(self.interval, self._sweep)
+        else:
+            self._timer = None

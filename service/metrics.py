@@ -11,7 +11,6 @@ multiprocess mode is not used).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from itertools import accumulate
 
@@ -27,15 +26,11 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .db import Database
-from .disconnect import SCOPE_KEY as DISCONNECT_KEY
 from .histogram import Histogram
 from .states import DbState
 
-CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer
-UNMATCHED = "unmatched"  # the route label of a path no route knows: no raw paths as labels
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Readiness answers within DB_READY_TIMEOUT (0.8 s by default): resolve below and around it.
 READY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.8, 1.0, 2.5)
@@ -205,36 +200,3 @@ class PoolCollector(Collector):
         for reason, count in sorted(stats.cancelled.items()):
             cancelled.add_metric([reason], count)
         yield cancelled
-
-
-class HTTPMetrics:
-    """Pure ASGI middleware: counts and times each HTTP request by route template."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500  # an exception before the response started becomes a 500 upstream
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            watch = scope.get(DISCONNECT_KEY)
-            if watch is not None and watch.fired:
-                status = CLIENT_CLOSED  # cancelled: no answer was sent
-            # The router puts the matched route into the scope; its path is the template.
-            route = getattr(scope.get("route"), "path", None) or UNMATCHED
-            self.metrics.observe_request(
-                route, scope["method"], status, time.perf_counter() - start
-            )

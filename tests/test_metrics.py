@@ -12,7 +12,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from service import create_app
-from service.metrics import HTTPMetrics, Metrics
+from service.metrics import Metrics
+from service.middleware import RequestMiddleware
 from service.settings import Settings
 from tests.support.apps import running, started, test_settings
 from tests.support.cluster import Cluster
@@ -200,6 +201,6 @@ async def test_non_http_scopes_pass_through_uncounted() -> None:
         seen.append(scope["type"])
 
     metrics = Metrics()
-    await HTTPMetrics(inner, metrics)({"type": "lifespan"}, None, None)
+    await RequestMiddleware(inner, metrics)({"type": "lifespan"}, None, None)
     assert seen == ["lifespan"]
     assert metrics.http == {}

@@ -47,7 +47,7 @@ async def test_spans_for_the_request_and_its_query_without_parameters(
 async def test_off_by_default_adds_nothing(settings: Settings) -> None:
     assert Settings.from_env({}, env_file=None).otel_endpoint == ""
     app = create_app(settings)
-    assert [m.cls.__name__ for m in app.user_middleware] == ["HTTPMetrics", "CancelOnDisconnect"]
+    assert [m.cls.__name__ for m in app.user_middleware] == ["RequestMiddleware"]
 
 
 def test_tracing_without_the_extra_is_refused_in_one_line(
