@@ -99,3 +99,14 @@ def sqlalchemy() -> Any:
         return {"id": row.id, "v": row.v}
 
     return app
+
+
+async def _sleep(request: Request) -> JSONResponse:
+    async with db_connection(request) as con:
+        await con.execute("SELECT pg_sleep($1)", request.path_params["seconds"])
+    return JSONResponse({"slept": request.path_params["seconds"]})
+
+
+def sleeper() -> Starlette:
+    """This service with a slow query route, for scripts/faults' cancellation rows."""
+    return create_app(routes=[Route("/sleep/{seconds:float}", _sleep, methods=["GET"])])

@@ -1,4 +1,6 @@
-"""What /api/v1/ready answers while the database is stopped, hung and restarted (measured).
+"""What /api/v1/ready answers while the database is stopped, hung and restarted (measured),
+and how soon a query whose caller gave up (a timeout, a client that disconnects) is gone
+from the server.
 
 Starts a throwaway cluster (tests/support/cluster.py) and the real service
 (tests/support/process.py), breaks the cluster in each way and times the probes from
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import statistics
 import sys
 import tempfile
@@ -17,6 +20,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import psycopg
 
 from tests.support.cluster import Cluster
 from tests.support.polling import wait_until
@@ -50,6 +55,62 @@ def until_ready(service: ServiceProcess) -> float:
     return time.perf_counter() - start
 
 
+def _sleeping(cluster: Cluster) -> int:
+    with psycopg.connect(cluster.url(), autocommit=True) as admin:
+        row = admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%'"
+            " AND state = 'active' AND pid <> pg_backend_pid()"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _gone_after(cluster: Cluster, since: float) -> float:
+    wait_until(lambda: _sleeping(cluster) == 0, "the query to leave the server", interval=0.005)
+    return (time.perf_counter() - since) * 1000
+
+
+def cancellations(cluster: Cluster, rows: list[str], rounds: int = 5) -> None:
+    """A 20 s pg_sleep through a feature route: cut by DB_COMMAND_TIMEOUT, then by a client."""
+    scripts = str(Path(__file__).resolve().parent)
+    service = ServiceProcess(
+        cluster.url(),
+        app="bench_apps:sleeper",
+        DB_COMMAND_TIMEOUT="1",
+        PYTHONPATH=os.pathsep.join(p for p in (scripts, os.environ.get("PYTHONPATH", "")) if p),
+    )
+    timeouts: list[float] = []
+    disconnects: list[float] = []
+    answers: set[str] = set()
+    try:
+        service.start()
+        for _ in range(rounds):
+            answer = service.fetch("/sleep/20", timeout=30)
+            answered = time.perf_counter()
+            answers.add(f"{answer[0]} {answer[1].decode()}" if answer else "no answer")
+            timeouts.append(_gone_after(cluster, answered))
+        for _ in range(rounds):
+            with socket.create_connection(("127.0.0.1", service.port)) as client:
+                client.sendall(b"GET /sleep/20 HTTP/1.1\r\nHost: faults\r\n\r\n")
+                wait_until(lambda: _sleeping(cluster) == 1, "the query to run", interval=0.005)
+            left = time.perf_counter()  # the socket is closed: the client gave up
+            disconnects.append(_gone_after(cluster, left))
+    finally:
+        service.stop()
+    rows.append(
+        "\n| caller gives up on a 20 s query | answer | query gone from the server after "
+        "(median / max ms) |"
+    )
+    rows.append("|---|---|---|")
+    rows.append(
+        f"| DB_COMMAND_TIMEOUT=1 | {', '.join(sorted(answers))} | "
+        f"{statistics.median(timeouts):.0f} / {max(timeouts):.0f} (from the answer) |"
+    )
+    rows.append(
+        f"| client disconnects | nothing sent | "
+        f"{statistics.median(disconnects):.0f} / {max(disconnects):.0f} (from the close) |"
+    )
+
+
 def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="service-faults-"))
     cluster = Cluster(work / "pg").init().start()
@@ -77,6 +138,7 @@ def main() -> int:
         rows.append(
             f"\nSIGTERM to exit: {(time.perf_counter() - start) * 1000:.0f} ms, status {code}"
         )
+        cancellations(cluster, rows)
     finally:
         service.stop()
         cluster.destroy()
