@@ -264,6 +264,31 @@ def switchover(primary: Cluster, standby: Cluster) -> None:
     primary.start()
 
 
+class Pair:
+    """A primary and its streaming standby (`pg_basebackup -R`); `switchover()` swaps them.
+
+    `primary` and `standby` always name the current roles; each side keeps its port.
+    """
+
+    def __init__(self, workdir: Path, template: Path | None = None) -> None:
+        self.primary = Cluster(workdir / "ha-a").init(template=template).start()
+        self.standby = Cluster(workdir / "ha-b").base_backup(self.primary).start()
+
+    def switchover(self) -> None:
+        switchover(self.primary, self.standby)
+        self.primary, self.standby = self.standby, self.primary
+
+    def url(self, *clusters: Cluster, **params: str) -> str:
+        """A multi-host URL listing `clusters` in that order, with query parameters."""
+        hosts = ",".join(f"127.0.0.1:{c.port}" for c in clusters)
+        query = "&".join(f"{k}={v}" for k, v in params.items())
+        return f"postgresql://postgres@{hosts}/postgres" + (f"?{query}" if query else "")
+
+    def destroy(self) -> None:
+        self.primary.destroy()
+        self.standby.destroy()
+
+
 def _run_foreground(args: argparse.Namespace) -> int:
     cluster = Cluster(Path(args.data), args.port, fast=False).init()
     cluster.start()
