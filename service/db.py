@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import random
@@ -592,9 +593,12 @@ class Database:
         try:
             await pool.release(con, timeout=CANCEL_TIMEOUT)
         except (Exception, asyncio.CancelledError):
-            # asyncpg terminated it: a hung server never confirmed the cancel.
-            if not con.is_closed():
-                con.terminate()
+            # asyncpg terminated it: a hung server never confirmed the cancel. A proxy the
+            # pool already took back (an expired connection whose close timed out) is
+            # detached and refuses every call; its connection was aborted then.
+            with contextlib.suppress(asyncpg.InterfaceError):
+                if not con.is_closed():
+                    con.terminate()
 
     async def _create_pool(self) -> asyncpg.Pool:
         return await asyncpg.create_pool(
