@@ -221,7 +221,7 @@ class PooledConnection:
             if isinstance(exc, TimeoutError):
                 db._acquire_timeouts += 1
             reason = classify(exc)
-            if reason == DbState.READ_ONLY and pool is db._pool:
+            if reason == DbState.READ_ONLY and pool is db._pool and db._requires_writes:
                 # A replaced connection reached a server that now refuses writes: stop
                 # connecting to it per request, and reconnect in the background.
                 db._reconnect()

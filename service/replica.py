@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections import deque
@@ -12,6 +13,8 @@ from .states import LAGGING, DbState
 
 if TYPE_CHECKING:
     from .db import Database
+
+log = logging.getLogger("service.db")
 
 # Positions as numbers (bytes of WAL since 0/0), so they compare without a pg_lsn codec.
 PRIMARY_LSN_QUERY = "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"
@@ -96,7 +99,10 @@ class ReplicaMonitor:
 
     async def _run(self) -> None:
         while True:
-            await self.tick()
+            try:
+                await self.tick()
+            except Exception:  # a bug: logged, and the lag grows, so reads go to the primary
+                log.exception("db_replica.monitor_failed")
             await asyncio.sleep(self.interval)
 
     async def tick(self) -> None:

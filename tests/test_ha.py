@@ -138,6 +138,25 @@ async def test_multi_host_follows_the_new_primary_and_leaves_nothing_on_the_old(
         assert await asyncio.to_thread(_sessions, new) >= 1
 
 
+async def test_target_session_attrs_any_on_a_standby_is_read_only_and_never_flaps(
+    ha_pair: Pair, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="service.db")
+    app = _app(ha_pair.standby.url(), target_session_attrs="any")
+    async with running(app) as client:
+        assert await _until_read_only(client) == (503, READ_ONLY_BODY)
+        # The connector retries; no pool on the standby is ever published as connected.
+        await wait_until_async(
+            lambda: sum(r.getMessage().startswith("db.retry") for r in caplog.records) >= 2,
+            "a second attempt",
+        )
+        assert await _ready(client) == (503, READ_ONLY_BODY)
+        assert _db(app).stats().size == 0
+    messages = [r.getMessage() for r in caplog.records]
+    assert "db.unavailable reason=read_only" in messages
+    assert not [m for m in messages if m.startswith("db.connected")]
+
+
 @pytest.mark.skipif(BINARY is None, reason=MISSING)
 async def test_readiness_sees_a_demoted_server_behind_pgbouncer(ha_pair: Pair) -> None:
     """PgBouncer (or a VIP, a DNS name) keeps the service's connections open across the
