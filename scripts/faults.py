@@ -1,10 +1,12 @@
-"""What /api/v1/ready answers while the database is stopped, hung and restarted (measured),
-and how soon a query whose caller gave up (a timeout, a client that disconnects) is gone
-from the server.
+"""What /api/v1/ready answers while the database is stopped, hung, restarted and switched
+over to its standby (measured), and how soon a query whose caller gave up (a timeout, a
+client that disconnects) is gone from the server.
 
 Starts a throwaway cluster (tests/support/cluster.py) and the real service
 (tests/support/process.py), breaks the cluster in each way and times the probes from
-outside, like a kubelet would. Run through `scripts/faults`.
+outside, like a kubelet would; then a primary with a streaming standby, two services (a
+multi-host URL, and a single-host URL on the primary) and a switchover. Run through
+`scripts/faults`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psycopg
 
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, Pair
 from tests.support.polling import wait_until
 from tests.support.process import READY, ServiceProcess
 
@@ -49,8 +51,8 @@ def measure(service: ServiceProcess, label: str, rows: list[str]) -> None:
     rows.append(f"| {label} | {', '.join(answers)} | {statistics.median(ms):.1f} | {max(ms):.1f} |")
 
 
-def until_ready(service: ServiceProcess) -> float:
-    start = time.perf_counter()
+def until_ready(service: ServiceProcess, start: float | None = None) -> float:
+    start = time.perf_counter() if start is None else start
     wait_until(lambda: service.get(READY) == 200, "readiness to answer 200", interval=0.01)
     return time.perf_counter() - start
 
@@ -111,6 +113,44 @@ def cancellations(cluster: Cluster, rows: list[str], rounds: int = 5) -> None:
     )
 
 
+def switchover(work: Path, rows: list[str]) -> None:
+    """Stop the primary, promote the standby, restart the old primary as its standby; then
+    back. A multi-host URL follows by itself; a single-host URL on the old primary is
+    read_only until it is the primary again."""
+    pair = Pair(work / "ha")
+    old, new = pair.primary, pair.standby
+    multi = ServiceProcess(pair.url(new, old))  # the standby first: read-write skips it
+    single = ServiceProcess(old.url())
+    try:
+        multi.start()
+        single.start()
+        measure(multi, "HA pair, multi-host URL (standby listed first)", rows)
+        old.wait_streaming_to(new)
+        old.stop()
+        measure(multi, "switchover: primary stopped, standby not yet promoted", rows)
+        new.promote()
+        promoted = time.perf_counter()
+        back = until_ready(multi, promoted)
+        old.follow(new)
+        old.start()
+        label = f"standby promoted (multi-host: first 200 {back * 1000:.0f} ms after promotion)"
+        measure(multi, label, rows)
+        measure(single, "old primary back as a standby (single-host URL on it)", rows)
+        new.wait_streaming_to(old)
+        new.stop()
+        old.promote()
+        promoted = time.perf_counter()
+        back = until_ready(single, promoted)
+        new.follow(old)
+        new.start()
+        label = f"switched back (single-host: first 200 {back * 1000:.0f} ms after promotion)"
+        measure(single, label, rows)
+    finally:
+        multi.stop()
+        single.stop()
+        pair.destroy()
+
+
 def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="service-faults-"))
     cluster = Cluster(work / "pg").init().start()
@@ -135,10 +175,13 @@ def main() -> int:
         measure(service, f"restarted -m immediate (first probe: {first[0]} {first[1]})", rows)
         start = time.perf_counter()
         code = service.terminate()
-        rows.append(
-            f"\nSIGTERM to exit: {(time.perf_counter() - start) * 1000:.0f} ms, status {code}"
-        )
-        cancellations(cluster, rows)
+        sigterm = f"\nSIGTERM to exit: {(time.perf_counter() - start) * 1000:.0f} ms, status {code}"
+        cancelled: list[str] = []
+        cancellations(cluster, cancelled)
+        cluster.destroy()
+        switchover(work, rows)
+        rows.append(sigterm)
+        rows.extend(cancelled)
     finally:
         service.stop()
         cluster.destroy()

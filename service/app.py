@@ -134,13 +134,15 @@ def create_app(settings: Settings | None = None, *, routes: Sequence[BaseRoute] 
     return app
 
 
-def db_connection(request: Request) -> PooledConnection:
+def db_connection(request: Request, *, read_only: bool = False) -> PooledConnection:
     """The request-scoped connection helper (FastAPI's `Depends(get_db)` session, here).
 
     `async with db_connection(request) as con:` acquires within DB_ACQUIRE_TIMEOUT and
-    always releases, also when the handler raises; no connection means a 503.
+    always releases, also when the handler raises; no connection means a 503, and so does a
+    write the server refuses as read-only (`"db": "read_only"`). `read_only=True`: a read
+    replica's connection when one is configured, up and current, else the primary's.
     """
     db: Database = request.state.db
-    connection = db.connection()
+    connection = db.connection(read_only=read_only)
     connection.watch = request.scope.get(SCOPE_KEY)  # a client that leaves cancels the query
     return connection

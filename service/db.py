@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import random
@@ -18,13 +19,23 @@ from asyncpg.connection import LoggedQuery
 from asyncpg.pool import PoolConnectionProxy
 
 from .histogram import Histogram
+from .replica import (
+    FALLBACK_REASONS,
+    NOT_CONFIGURED,
+    REPLICA_LSN_QUERY,
+    UNAVAILABLE,
+    ReplicaMonitor,
+)
 from .settings import Settings
 from .singleflight import SingleFlight
 from .states import DbState
 
 log = logging.getLogger("service.db")
 
-READY_QUERY = "SELECT 1"
+# Readiness in one round trip: the server answers, and takes writes. A standby, a demoted
+# primary or `default_transaction_read_only` answers false (also through PgBouncer: it is
+# a plain query, run on whichever server connection PgBouncer lends).
+READY_QUERY = "SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off'"
 APPLICATION_NAME = "service"
 RETRY_FIRST_DELAY = 0.25
 RETRY_MAX_DELAY = 5.0
@@ -42,6 +53,8 @@ HELD_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0)
 _INTERRUPTED = (asyncio.CancelledError, TimeoutError)
 # The connection itself is broken: closed at once, never reused.
 _BROKEN = (OSError, asyncpg.InterfaceError)
+# The server refuses writes (see refuses_writes): closed, never reused.
+_WRITES_REFUSED = (asyncpg.ReadOnlySQLTransactionError, asyncpg.FeatureNotSupportedError)
 
 
 class DatabaseUnavailable(Exception):
@@ -50,6 +63,10 @@ class DatabaseUnavailable(Exception):
     def __init__(self, reason: DbState) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class ServerRefusesWrites(Exception):
+    """A new pool reached a server that takes no writes (target_session_attrs=any)."""
 
 
 class QueryTimeout(DatabaseUnavailable, TimeoutError):
@@ -99,6 +116,9 @@ def classify(exc: BaseException) -> DbState:
     """One word for why the database is not usable; never the exception's text."""
     if isinstance(exc, TimeoutError):
         return DbState.TIMEOUT
+    if isinstance(exc, ServerRefusesWrites | asyncpg.TargetServerAttributeNotMatched):
+        # No host of the list is what target_session_attrs asks for (read-write: a primary).
+        return DbState.READ_ONLY
     if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError):
         return DbState.UNAUTHORIZED
     if isinstance(exc, asyncpg.InvalidCatalogNameError):
@@ -115,6 +135,17 @@ def classify(exc: BaseException) -> DbState:
     ):
         return DbState.DISCONNECTED
     return DbState.ERROR
+
+
+def refuses_writes(exc: BaseException) -> bool:
+    """The server is read-only: SQLSTATE 25006, or a standby refusing a read-write transaction.
+
+    The latter is SQLSTATE 0A000 (feature not supported), told apart by its message
+    ("cannot set transaction read-write mode during recovery"; with an English lc_messages).
+    """
+    if isinstance(exc, asyncpg.ReadOnlySQLTransactionError):
+        return True
+    return isinstance(exc, asyncpg.FeatureNotSupportedError) and "during recovery" in str(exc)
 
 
 class PoolArguments(TypedDict):
@@ -152,7 +183,7 @@ class PooledConnection:
     for a free slot is bounded by DB_CONNECT_TIMEOUT. Why: docs/performance.md.
     """
 
-    __slots__ = ("_db", "_timeout", "_pool", "_con", "_acquired_at", "watch")
+    __slots__ = ("_db", "_timeout", "_pool", "_con", "_acquired_at", "_on_replica", "watch")
 
     def __init__(self, db: Database, timeout: float | None) -> None:
         self._db = db
@@ -160,15 +191,18 @@ class PooledConnection:
         self._pool: asyncpg.Pool | None = None
         self._con: PoolConnectionProxy[asyncpg.Record] | None = None
         self._acquired_at = 0.0
+        self._on_replica = False  # a replica's connection: its writes fail by design
         # The request's disconnect watch (service/disconnect.py): told while we hold a
         # connection, so a client that leaves cancels the handler.
         self.watch: Watch | None = None
 
     async def __aenter__(self) -> PoolConnectionProxy[asyncpg.Record]:
         db = self._db
-        pool = self._pool = db._pool
+        pool = self._pool  # set beforehand by ReplicaConnection only
         if pool is None:
-            raise DatabaseUnavailable(db._state)
+            pool = self._pool = db._pool
+            if pool is None:
+                raise DatabaseUnavailable(db._state)
         start = time.perf_counter()
         db._waiting += 1
         try:
@@ -177,10 +211,21 @@ class PooledConnection:
             else:
                 async with asyncio.timeout(self._timeout):
                     self._con = await pool.acquire()
-        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except (
+            TimeoutError,
+            OSError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+            asyncpg.TargetServerAttributeNotMatched,
+        ) as exc:
             if isinstance(exc, TimeoutError):
                 db._acquire_timeouts += 1
-            raise DatabaseUnavailable(classify(exc)) from exc
+            reason = classify(exc)
+            if reason == DbState.READ_ONLY and pool is db._pool and db._requires_writes:
+                # A replaced connection reached a server that now refuses writes: stop
+                # connecting to it per request, and reconnect in the background.
+                db._reconnect()
+            raise DatabaseUnavailable(reason) from exc
         finally:
             db._waiting -= 1
             self._acquired_at = now = time.perf_counter()
@@ -215,9 +260,21 @@ class PooledConnection:
             if exc.args == (CLIENT_DISCONNECTED,):
                 db._cancelled["disconnect"] += 1
             return
+        writes_refused = False
         try:
             if exc is not None and isinstance(exc, _BROKEN):
                 con.terminate()  # the socket is gone: nothing to cancel, nothing to reuse
+            elif (
+                exc is not None
+                and isinstance(exc, _WRITES_REFUSED)
+                and not self._on_replica
+                and refuses_writes(exc)
+            ):
+                # A demoted primary (or a standby): this connection is closed, and every
+                # idle one is replaced at its next acquire, through the host list.
+                writes_refused = True
+                await db._writes_refused(pool)
+                await con.close(timeout=db._settings.close_timeout)
             elif time.monotonic() > cast(Connection, con).retire_at:
                 # DB_POOL_MAX_LIFETIME (SQLAlchemy's pool_recycle): retire old connections
                 # at release, so the caller never waits for the replacement.
@@ -230,6 +287,31 @@ class PooledConnection:
                 con.terminate()
         finally:
             db._lent -= 1
+        if writes_refused:
+            raise DatabaseUnavailable(DbState.READ_ONLY) from exc
+
+
+class ReplicaConnection(PooledConnection):
+    """`db.connection(read_only=True)`: a replica's connection while the replica is up and
+    within DB_REPLICA_MAX_LAG, else the primary's, the fallback counted by reason."""
+
+    __slots__ = ()
+
+    async def __aenter__(self) -> PoolConnectionProxy[asyncpg.Record]:
+        db = self._db
+        reason = NOT_CONFIGURED if db._monitor is None else db._monitor.unusable()
+        if reason is None:
+            assert db._replica is not None  # configured together with the monitor
+            self._pool = db._replica._pool
+            self._on_replica = True
+            try:
+                return await super().__aenter__()
+            except DatabaseUnavailable:
+                reason = UNAVAILABLE  # went down since the last measurement
+                self._pool = None
+                self._on_replica = False
+        db._replica_fallbacks[reason] += 1
+        return await super().__aenter__()
 
 
 class Watch(Protocol):
@@ -256,6 +338,19 @@ class PoolStats:
     acquire_timeouts: int  # callers that got none within DB_ACQUIRE_TIMEOUT
     held_seconds: Histogram  # time a caller held one
     cancelled: dict[str, int]  # queries cancelled on the server, by reason
+    writes_refused: int  # handler queries refused as read-only (25006): connection closed
+    replica_fallbacks: dict[str, int]  # read_only=True connections the primary served, by why
+    replica: ReplicaStats | None  # None: no DATABASE_REPLICA_URL
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaStats:
+    """The replica's part of a snapshot."""
+
+    word: str  # its readiness word: a DbState word or "lagging"
+    size: int
+    idle: int
+    lag_seconds: float  # since it last had all the primary had written; inf until measured
 
 
 class Database:
@@ -269,8 +364,16 @@ class Database:
         self,
         settings: Settings,
         on_connected: Sequence[Callable[[asyncpg.Pool], Awaitable[None]]] = (),
+        *,
+        replica: bool = False,
     ) -> None:
         self._settings = settings
+        # A replica (DATABASE_REPLICA_URL) need not take writes; it logs as `db_replica.*`,
+        # and its check reads its replay position (service/replica.py).
+        self._name = "db_replica" if replica else "db"
+        self._probe_query = REPLICA_LSN_QUERY if replica else READY_QUERY
+        self._requires_writes = not replica
+        self.probe_value: Any = None  # what the last successful check's query returned
         self._max_lifetime = settings.pool_max_lifetime
         self._pool: asyncpg.Pool | None = None
         self._state = DbState.CONNECTING
@@ -299,6 +402,14 @@ class Database:
         self._held_seconds = Histogram(HELD_BUCKETS)
         self._cancelled = {"timeout": 0, "disconnect": 0}
         self._releasing: set[asyncio.Task[None]] = set()  # cancelled queries being released
+        self._retiring: set[asyncio.Task[bool]] = set()  # pools left for a server refusing writes
+        self._writes_refused_count = 0
+        self._replica_fallbacks = dict.fromkeys(FALLBACK_REASONS, 0)
+        self._replica: Database | None = None
+        self._monitor: ReplicaMonitor | None = None
+        if settings.replica_url is not None and not replica:
+            self._replica = Database(settings.for_replica(), replica=True)
+            self._monitor = ReplicaMonitor(self, self._replica, settings.replica_max_lag)
 
     async def __aenter__(self) -> Database:
         self.start()
@@ -312,9 +423,26 @@ class Database:
         """The last known readiness word; it changes only on a transition, logged once."""
         return self._state
 
+    @property
+    def replica_state(self) -> str | None:
+        """The replica's readiness word (`lagging` too); None when none is configured."""
+        return None if self._monitor is None else self._monitor.word()
+
+    def has_pool(self) -> bool:
+        return self._pool is not None
+
     def stats(self) -> PoolStats:
         """Counts and sizes now; cheap enough for every scrape."""
         pool = self._pool
+        replica = None
+        if self._replica is not None and self._monitor is not None:
+            replica_pool = self._replica._pool
+            replica = ReplicaStats(
+                word=self._monitor.word(),
+                size=replica_pool.get_size() if replica_pool is not None else 0,
+                idle=replica_pool.get_idle_size() if replica_pool is not None else 0,
+                lag_seconds=self._monitor.lag(),
+            )
         return PoolStats(
             state=self._state,
             size=pool.get_size() if pool is not None else 0,
@@ -328,14 +456,20 @@ class Database:
             acquire_timeouts=self._acquire_timeouts,
             held_seconds=self._held_seconds.copy(),
             cancelled=dict(self._cancelled),
+            writes_refused=self._writes_refused_count,
+            replica_fallbacks=dict(self._replica_fallbacks),
+            replica=replica,
         )
 
     def start(self) -> None:
         """Begin connecting in the background; the service serves liveness meanwhile."""
-        log.info("db.start target=%s", self._settings.database_url.redacted)
+        log.info("%s.start target=%s", self._name, self._settings.database_url.redacted)
         self._connector = asyncio.get_running_loop().create_task(
-            self._connect_forever(), name="db-connect"
+            self._connect_forever(), name=f"{self._name}-connect"
         )
+        if self._replica is not None and self._monitor is not None:
+            self._replica.start()
+            self._monitor.start()
 
     async def wait_connected(self, timeout: float) -> bool:
         """Wait until the pool exists (tests, start-up scripts); False on timeout."""
@@ -347,11 +481,31 @@ class Database:
             return False
         return self._pool is not None
 
-    def connection(self, timeout: float | None = None) -> PooledConnection:
-        """A request-scoped connection: bounded acquire, always released, even on error."""
-        return PooledConnection(
-            self, self._settings.acquire_timeout if timeout is None else timeout
-        )
+    def connection(
+        self, timeout: float | None = None, *, read_only: bool = False
+    ) -> PooledConnection:
+        """A request-scoped connection: bounded acquire, always released, even on error.
+
+        `read_only=True`: a replica's, while one is configured, up and within
+        DB_REPLICA_MAX_LAG; else the primary's (and `db_replica_fallbacks_total` counts it).
+        """
+        bound = self._settings.acquire_timeout if timeout is None else timeout
+        if read_only:
+            return ReplicaConnection(self, bound)
+        return PooledConnection(self, bound)
+
+    async def fetch_bounded(self, query: str) -> Any:
+        """One value within DB_READY_TIMEOUT through the pool; None if it cannot be had."""
+        if self._pool is None or self._closing:
+            return None
+        try:
+            async with asyncio.timeout(self._settings.ready_timeout):
+                async with PooledConnection(self, None) as con:
+                    value = await con.fetchval(query)
+                    cast(Connection, con).skip_next_reset()
+        except Exception:
+            return None
+        return value
 
     async def expire_connections(self) -> None:
         """Replace every pooled connection: idle ones at once, lent ones at release."""
@@ -374,27 +528,62 @@ class Database:
     async def close(self) -> None:
         """Close the pool within `close_timeout`, then terminate what is left."""
         self._closing = True
+        if self._monitor is not None:
+            await self._monitor.close()
+        if self._replica is not None:
+            await self._replica.close()
         if self._connector is not None and not self._connector.done():
             self._connector.cancel()
             await asyncio.gather(self._connector, return_exceptions=True)
         self._readiness.cancel()
         pool, self._pool = self._pool, None
+        if self._retiring:  # each bounded by close_timeout
+            await asyncio.gather(*self._retiring, return_exceptions=True)
         if pool is None:
             return
+        if await self._close_pool(pool):
+            log.info("%s.closed", self._name)
+        if self._releasing:  # ended by the close or terminate above
+            await asyncio.gather(*self._releasing, return_exceptions=True)
+        self._state = DbState.CLOSED
+
+    async def _close_pool(self, pool: asyncpg.Pool) -> bool:
+        """Close within `close_timeout` (lent connections first come back), else terminate."""
         timeout = self._settings.close_timeout
         try:
             await asyncio.wait_for(pool.close(), timeout)
         except TimeoutError:
-            log.warning("db.close timed out after %.1fs; terminating", timeout)
+            log.warning("%s.close timed out after %.1fs; terminating", self._name, timeout)
             pool.terminate()
         except Exception as exc:
-            log.warning("db.close failed (%s); terminating", type(exc).__name__)
+            log.warning("%s.close failed (%s); terminating", self._name, type(exc).__name__)
             pool.terminate()
         else:
-            log.info("db.closed")
-        if self._releasing:  # ended by the close or terminate above
-            await asyncio.gather(*self._releasing, return_exceptions=True)
-        self._state = DbState.CLOSED
+            return True
+        return False
+
+    def _reconnect(self) -> None:
+        """The server refuses writes: leave it, and connect again through the host list.
+
+        The pool is closed in the background (lent connections finish first, within
+        DB_CLOSE_TIMEOUT), so no connection stays on a demoted primary; meanwhile callers
+        get 503 `read_only` at once, and the connector retries with its backoff until a
+        host of the list takes writes (a multi-host URL: the new primary).
+        """
+        pool, self._pool = self._pool, None
+        self._set_state(DbState.READ_ONLY)
+        if pool is None or self._closing:
+            return
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._close_pool(pool))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+        self._connector = loop.create_task(self._connect_forever(), name=f"{self._name}-connect")
+
+    async def _writes_refused(self, pool: asyncpg.Pool) -> None:
+        """A handler's query was refused as read-only: every idle connection is replaced."""
+        self._writes_refused_count += 1
+        await pool.expire_connections()
 
     # -- the pool's life -----------------------------------------------------------------
 
@@ -414,9 +603,12 @@ class Database:
         try:
             await pool.release(con, timeout=CANCEL_TIMEOUT)
         except (Exception, asyncio.CancelledError):
-            # asyncpg terminated it: a hung server never confirmed the cancel.
-            if not con.is_closed():
-                con.terminate()
+            # asyncpg terminated it: a hung server never confirmed the cancel. A proxy the
+            # pool already took back (an expired connection whose close timed out) is
+            # detached and refuses every call; its connection was aborted then.
+            with contextlib.suppress(asyncpg.InterfaceError):
+                if not con.is_closed():
+                    con.terminate()
         finally:
             self._lent -= 1
 
@@ -469,7 +661,7 @@ class Database:
             except Exception as exc:
                 self._set_state(classify(exc))
                 jittered = delay * random.uniform(0.8, 1.2)
-                log.info("db.retry in %.1fs", jittered)
+                log.info("%s.retry in %.1fs", self._name, jittered)
                 await asyncio.sleep(jittered)
                 delay = min(delay * 2, RETRY_MAX_DELAY)
                 continue
@@ -481,6 +673,18 @@ class Database:
         """A new pool that passed the start-up hooks; nothing is left open otherwise."""
         async with asyncio.timeout(self._settings.connect_timeout * 2):
             pool = await self._create_pool()
+            if self._requires_writes:
+                # target_session_attrs=any (or prefer-standby) may land on a standby: not
+                # published, so readiness never flaps between connected and read_only.
+                try:
+                    async with pool.acquire() as con:
+                        writable = await con.fetchval(READY_QUERY)
+                except BaseException:
+                    pool.terminate()
+                    raise
+                if not writable:
+                    pool.terminate()
+                    raise ServerRefusesWrites()
         try:
             for hook in self._on_connected:
                 await hook(pool)
@@ -489,7 +693,7 @@ class Database:
             failure = f"{type(exc).__name__}: {exc}"
             if isinstance(exc, Exception) and failure != self._last_failure:
                 self._last_failure = failure  # logged once, not at every retry
-                log.error("db.startup_failed %s", failure)
+                log.error("%s.startup_failed %s", self._name, failure)
             raise
         return pool
 
@@ -500,14 +704,14 @@ class Database:
             return
         size = self._pool.get_size() if self._pool is not None else 0
         if state == DbState.CONNECTED:
-            log.info("db.connected pool_size=%d", size)
+            log.info("%s.connected pool_size=%d", self._name, size)
         elif previous == DbState.CONNECTED:
-            log.warning("db.lost reason=%s", state)
+            log.warning("%s.lost reason=%s", self._name, state)
         else:
-            log.warning("db.unavailable reason=%s", state)
+            log.warning("%s.unavailable reason=%s", self._name, state)
 
     async def _ping(self) -> DbState:
-        """`SELECT 1` within DB_READY_TIMEOUT (acquire, query and release)."""
+        """READY_QUERY within DB_READY_TIMEOUT (acquire, query and release)."""
         # Read now: a readiness flight's timer may report a timeout before this ends.
         was_connected = self._state == DbState.CONNECTED
         result: DbState
@@ -516,15 +720,20 @@ class Database:
                 # No acquire timeout of its own: the one above bounds it, and asyncpg's
                 # wait_for would add a task to every check (Python < 3.12).
                 async with PooledConnection(self, None) as con:
-                    await con.fetchval(READY_QUERY)
+                    value = await con.fetchval(self._probe_query)
                     cast(Connection, con).skip_next_reset()  # forwarded by the proxy
         except DatabaseUnavailable as exc:
             result = exc.reason
         except Exception as exc:
             result = classify(exc)
         else:
-            return DbState.CONNECTED
-        if was_connected and self._pool is not None:
+            self.probe_value = value
+            if value or not self._requires_writes:
+                return DbState.CONNECTED
+            result = DbState.READ_ONLY
+        if result == DbState.READ_ONLY and self._requires_writes:
+            self._reconnect()  # logged once: db.lost reason=read_only
+        elif was_connected and self._pool is not None:
             # Idle connections opened before an outage may be dead without knowing it yet:
             # mark them all for replacement so none reaches a caller after a restart.
             await self._pool.expire_connections()

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .db import Database
-from .states import DbState
+from .states import REPLICA_WORDS, DbState
 
 NO_STORE = {"Cache-Control": "no-store"}
 HEALTH_JSON = "application/health+json"  # IETF draft-inadarei-api-health-check
@@ -39,14 +39,21 @@ def prerender(body: object, status_code: int = 200) -> Answer:
     return status_code, bytes(response.body), response.raw_headers
 
 
-def _ready_answer(state: DbState) -> Answer:
-    ok = state == DbState.CONNECTED
-    body = {"ready": ok, "dependencies": {"db": state, "redis": "unknown"}}
+def _ready_answer(state: DbState, replica: str | None = None) -> Answer:
+    """The body as it always was; `db_replica` only when a replica is configured."""
+    ok = state == DbState.CONNECTED  # a replica never makes the service unready
+    dependencies = {"db": state} if replica is None else {"db": state, "db_replica": replica}
+    body = {"ready": ok, "dependencies": {**dependencies, "redis": "unknown"}}
     return prerender(body, 200 if ok else 503)
 
 
 HEALTH_ANSWER = prerender({"status": "ok"})
 READY_ANSWERS = {state: _ready_answer(state) for state in DbState}
+READY_ANSWERS_WITH_REPLICA = {
+    (state, replica): _ready_answer(state, replica)
+    for state in DbState
+    for replica in REPLICA_WORDS
+}
 
 
 async def health(request: Request) -> Response:
@@ -63,11 +70,14 @@ async def ready(request: Request) -> Response:
     request.app.state.metrics.observe_ready(state, elapsed)
     ok = state == DbState.CONNECTED
     status_code = 200 if ok else 503
+    replica = db.replica_state  # None unless DATABASE_REPLICA_URL is set
     if wants_health_json(_accept(request)):
         return HealthJSONResponse(
-            health_json(state, elapsed), status_code=status_code, headers=NO_STORE
+            health_json(state, elapsed, replica), status_code=status_code, headers=NO_STORE
         )
-    return Prerendered(READY_ANSWERS[state])
+    if replica is None:
+        return Prerendered(READY_ANSWERS[state])
+    return Prerendered(READY_ANSWERS_WITH_REPLICA[state, replica])
 
 
 def _accept(request: Request) -> str:
@@ -96,8 +106,12 @@ def wants_health_json(accept: str) -> bool:
     return False
 
 
-def health_json(state: DbState, seconds: float) -> dict[str, object]:
-    """The readiness answer in the IETF health-check format: pass or fail, and why."""
+def health_json(state: DbState, seconds: float, replica: str | None = None) -> dict[str, object]:
+    """The readiness answer in the IETF health-check format: pass or fail, and why.
+
+    A configured replica is a check of its own, `warn` when it cannot serve reads (they
+    go to the primary), never `fail`.
+    """
     ok = state == DbState.CONNECTED
     check: dict[str, object] = {
         "componentType": "datastore",
@@ -110,5 +124,12 @@ def health_json(state: DbState, seconds: float) -> dict[str, object]:
     if not ok:
         check["output"] = state  # the readiness word: timeout, disconnected, …
         body["output"] = f"db: {state}"
-    body["checks"] = {"db:responseTime": [check]}
+    checks: dict[str, object] = {"db:responseTime": [check]}
+    if replica is not None:
+        replica_ok = replica == DbState.CONNECTED
+        replica_check = {"componentType": "datastore", "status": "pass" if replica_ok else "warn"}
+        if not replica_ok:
+            replica_check["output"] = replica
+        checks["db_replica:status"] = [replica_check]
+    body["checks"] = checks
     return body

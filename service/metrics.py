@@ -200,3 +200,33 @@ class PoolCollector(Collector):
         for reason, count in sorted(stats.cancelled.items()):
             cancelled.add_metric([reason], count)
         yield cancelled
+        yield CounterMetricFamily(
+            "db_writes_refused",
+            "Handler queries refused as read-only (SQLSTATE 25006): connection closed, 503.",
+            stats.writes_refused,
+        )
+        fallbacks = CounterMetricFamily(
+            "db_replica_fallbacks",
+            "read_only=True connections the primary served: not_configured, unavailable, lag.",
+            labels=["reason"],
+        )
+        for reason, count in sorted(stats.replica_fallbacks.items()):
+            fallbacks.add_metric([reason], count)
+        yield fallbacks
+        replica = stats.replica
+        if replica is None:
+            return
+        yield GaugeMetricFamily(
+            "db_replica_up",
+            "1 when the replica is connected and within DB_REPLICA_MAX_LAG.",
+            1 if replica.word == DbState.CONNECTED else 0,
+        )
+        yield GaugeMetricFamily(
+            "db_replica_lag_seconds",
+            "Seconds since the replica last had replayed all the primary had written.",
+            replica.lag_seconds,
+        )
+        yield GaugeMetricFamily("db_replica_pool_size", "Open replica connections.", replica.size)
+        yield GaugeMetricFamily(
+            "db_replica_pool_idle", "Open replica connections waiting.", replica.idle
+        )

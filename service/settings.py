@@ -130,6 +130,11 @@ def _url(var: str, raw: str) -> DatabaseURL:
     return DatabaseURL.parse(raw, var)
 
 
+# A replica URL may list several standbys (and the primary last); prefer-standby takes the
+# first standby that answers, and the primary when none does: reads keep working either way.
+REPLICA_SESSION_ATTRS = "prefer-standby"
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every setting, declared once: its variable, how it is read, its default."""
@@ -141,6 +146,8 @@ class Settings:
     target_session_attrs: str = setting(
         "DB_TARGET_SESSION_ATTRS", _choice(*TARGET_SESSION_ATTRS), "read-write"
     )
+    replica_url: DatabaseURL | None = setting("DATABASE_REPLICA_URL", _url, None)
+    replica_max_lag: float = setting("DB_REPLICA_MAX_LAG", _seconds(), 5.0)
     pool_min_size: int = setting("DB_POOL_MIN_SIZE", _integer(0, MAX_POOL_SIZE), 2)
     pool_max_size: int = setting("DB_POOL_MAX_SIZE", _integer(1, MAX_POOL_SIZE), 30)
     pool_max_lifetime: float = setting("DB_POOL_MAX_LIFETIME", _seconds(allow_zero=True), 3600.0)
@@ -180,6 +187,20 @@ class Settings:
         # The URL's own target_session_attrs wins; DB_TARGET_SESSION_ATTRS fills in.
         url = replace(self.database_url, default_session_attrs=self.target_session_attrs)
         object.__setattr__(self, "database_url", url)
+        if self.replica_url is not None:
+            replica = replace(self.replica_url, default_session_attrs=REPLICA_SESSION_ATTRS)
+            object.__setattr__(self, "replica_url", replica)
+
+    def for_replica(self) -> Settings:
+        """The same pool settings on DATABASE_REPLICA_URL (which must be set)."""
+        assert self.replica_url is not None
+        return replace(
+            self,
+            database_url=self.replica_url,
+            target_session_attrs=REPLICA_SESSION_ATTRS,
+            replica_url=None,
+            migrate_on_startup=False,
+        )
 
     @classmethod
     def from_env(

@@ -15,5 +15,12 @@ class DbState(StrEnum):
     UNAUTHORIZED = "unauthorized"
     UNKNOWN_DATABASE = "unknown_database"
     UNAVAILABLE = "unavailable"  # the server answers but refuses work (starting, too many clients)
+    READ_ONLY = "read_only"  # the server answers but refuses writes (a standby, a demoted primary)
     ERROR = "error"
     CLOSED = "closed"
+
+
+# The replica's word beside "db" (`db_replica`): a DbState word, or this one when it is up
+# but further behind the primary than DB_REPLICA_MAX_LAG.
+LAGGING = "lagging"
+REPLICA_WORDS: tuple[str, ...] = (*DbState, LAGGING)

@@ -33,7 +33,7 @@ from service.db import Database
 from service.migrations import apply as apply_migrations
 from service.settings import DatabaseURL, Settings
 from tests.support.apps import test_settings
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, Pair
 from tests.support.servers import RUNG_DESCRIPTIONS, Server, rung, throwaway_server
 
 pytest_plugins = ["pytester"]
@@ -188,3 +188,15 @@ def owned_cluster(workdir: Path, cluster_template: Path) -> Iterator[Cluster]:
     cluster.start()
     yield cluster
     cluster.destroy()
+
+
+@pytest.fixture(scope="module")
+def ha_pair(workdir: Path, cluster_template: Path) -> Iterator[Pair]:
+    """A primary and a streaming standby, shared by a module's tests (built in about 1 s).
+
+    Tests may switch over (`pair.primary` and `pair.standby` follow the roles) or stop the
+    standby, and must leave both running, the standby streaming.
+    """
+    pair = Pair(workdir / f"ha-{uuid.uuid4().hex[:8]}", template=cluster_template)
+    yield pair
+    pair.destroy()

@@ -112,6 +112,28 @@ async def test_hung_database_probe_answers_timeout_within_the_deadline(
         assert await _ready_state(client) == (200, "connected")
 
 
+async def test_a_probe_connection_closed_after_a_long_hang_raises_nothing_later(
+    owned_cluster: Cluster,
+) -> None:
+    """The probe's connection waits CANCEL_TIMEOUT (2 s) in the background for the hung
+    server, then is closed; the pool has taken it back by then (expired after the failed
+    probe), and nothing may escape to the loop's exception handler."""
+    app = create_app(test_settings(owned_cluster.url(), ready_timeout=0.3))
+    async with running(app) as client:
+        database = _db(app)
+        assert await database.wait_connected(10)
+        owned_cluster.pause()
+        try:
+            assert await _ready_state(client) == (503, "timeout")
+            await wait_until_async(lambda: database._releasing, "the background release")
+            await wait_until_async(
+                lambda: not database._releasing, "the background release to end", timeout=10
+            )
+        finally:
+            owned_cluster.resume()
+        assert await _ready_state(client) == (200, "connected")
+
+
 async def test_probe_flood_on_a_hung_database_never_exhausts_the_pool(
     owned_cluster: Cluster,
 ) -> None:

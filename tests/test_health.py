@@ -7,8 +7,9 @@ from datetime import datetime
 import pytest
 
 from service import create_app
-from service.health import wants_health_json
+from service.health import READY_ANSWERS, READY_ANSWERS_WITH_REPLICA, health_json, wants_health_json
 from service.settings import Settings
+from service.states import DbState
 from tests.support.apps import running, started, test_settings
 
 HEALTH_JSON = {"accept": "application/health+json"}
@@ -78,3 +79,22 @@ async def test_default_stays_the_original_json(settings: Settings) -> None:
 )
 def test_accept_header_negotiation(accept: str, wanted: bool) -> None:
     assert wants_health_json(accept) is wanted
+
+
+def test_a_replica_is_its_own_word_and_never_fails_readiness() -> None:
+    assert READY_ANSWERS[DbState.CONNECTED][1] == (
+        b'{"ready":true,"dependencies":{"db":"connected","redis":"unknown"}}'
+    )
+    status, body, _ = READY_ANSWERS_WITH_REPLICA[DbState.CONNECTED, "disconnected"]
+    assert (status, body) == (
+        200,
+        b'{"ready":true,"dependencies":{"db":"connected","db_replica":"disconnected",'
+        b'"redis":"unknown"}}',
+    )
+    assert READY_ANSWERS_WITH_REPLICA[DbState.READ_ONLY, "connected"][0] == 503
+    down = health_json(DbState.CONNECTED, 0.001, "lagging")
+    assert down["status"] == "pass"
+    assert down["checks"]["db_replica:status"] == [  # type: ignore[index]
+        {"componentType": "datastore", "status": "warn", "output": "lagging"}
+    ]
+    assert "db_replica:status" not in health_json(DbState.CONNECTED, 0.001)["checks"]  # type: ignore[operator]

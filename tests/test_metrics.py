@@ -204,3 +204,18 @@ async def test_non_http_scopes_pass_through_uncounted() -> None:
     await RequestMiddleware(inner, metrics)({"type": "lifespan"}, None, None)
     assert seen == ["lifespan"]
     assert metrics.http == {}
+
+
+async def test_reads_meant_for_a_replica_are_counted_when_none_is_configured(
+    settings: Settings,
+) -> None:
+    app = create_app(settings)
+    async with running(app) as client:
+        database = await started(app)
+        async with database.connection(read_only=True) as con:
+            await con.fetchval("SELECT 1")
+        samples = await scrape(client)
+    assert samples[("db_replica_fallbacks_total", (("reason", "not_configured"),))] == 1
+    assert samples[("db_replica_fallbacks_total", (("reason", "lag"),))] == 0
+    assert samples[("db_writes_refused_total", ())] == 0
+    assert ("db_replica_up", ()) not in samples  # replica families only when one is set

@@ -1,20 +1,13 @@
 """The service through a real PgBouncer in transaction mode, in front of a cluster we own.
 
-PgBouncer comes from the Debian package (`.ci/run` installs it); the test skips, saying
-why, only where the binary is absent. It runs as the cluster's unprivileged user, since
-PgBouncer refuses to run as root.
+PgBouncer comes from the Debian package (tests/support/pgbouncer.py starts it); the tests
+skip, saying why, only where the binary is absent.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import re
-import shutil
-import socket
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import asyncpg
 import psycopg
@@ -26,85 +19,20 @@ from starlette.routing import Route
 from service import create_app, db_connection
 from service.db import Database
 from tests.support.apps import running, started, test_settings
-from tests.support.cluster import Cluster, _server_user, free_port
-from tests.support.polling import wait_until, wait_until_async
+from tests.support.cluster import Cluster
+from tests.support.pgbouncer import BINARY, MISSING
+from tests.support.pgbouncer import pgbouncer as running_pgbouncer
+from tests.support.polling import wait_until_async
 
-BINARY = shutil.which("pgbouncer", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/usr/local/sbin")
-pytestmark = pytest.mark.skipif(
-    BINARY is None, reason="no pgbouncer binary (apt-get install -y pgbouncer; .ci/run does)"
-)
-
-CONFIG = """\
-[databases]
-* = host=127.0.0.1 port={server_port}
-
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = {port}
-unix_socket_dir =
-auth_type = trust
-auth_file = {directory}/userlist.txt
-pool_mode = transaction
-default_pool_size = 4
-max_client_conn = 200
-server_login_retry = 1
-logfile = {directory}/pgbouncer.log
-pidfile = {directory}/pgbouncer.pid
-{extra}
-"""
-
-
-def _version() -> tuple[int, int]:
-    out = subprocess.run([BINARY, "--version"], capture_output=True, text=True).stdout
-    match = re.search(r"PgBouncer (\d+)\.(\d+)", out)
-    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
-
-
-def _wait_listening(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-    def listening() -> bool:
-        if process.poll() is not None:
-            raise RuntimeError(f"pgbouncer exited: {log.read_text() if log.exists() else ''}")
-        with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", port)) == 0
-
-    wait_until(listening, "pgbouncer to listen", timeout=15)
+pytestmark = pytest.mark.skipif(BINARY is None, reason=MISSING)
 
 
 @pytest.fixture
 def pgbouncer(owned_cluster: Cluster) -> Iterator[str]:
     """A transaction-mode PgBouncer in front of `owned_cluster`; yields its URL."""
     directory = owned_cluster.data.parent / f"pgbouncer-{owned_cluster.port}"
-    directory.mkdir()
-    port = free_port()
-    # 1.21+ can track prepared statements (1.22+ does by default): turn it off, so what
-    # we show is what the service must cope with on any PgBouncer.
-    extra = "max_prepared_statements = 0" if _version() >= (1, 21) else ""
-    (directory / "pgbouncer.ini").write_text(
-        CONFIG.format(server_port=owned_cluster.port, port=port, directory=directory, extra=extra)
-    )
-    (directory / "userlist.txt").write_text('"postgres" ""\n')
-    user = _server_user()
-    kwargs = {}
-    if user is not None:
-        for path in (directory, *directory.iterdir()):
-            os.chown(path, user.pw_uid, user.pw_gid)
-        kwargs = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
-    process = subprocess.Popen(
-        [BINARY, str(directory / "pgbouncer.ini")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        **kwargs,
-    )
-    try:
-        _wait_listening(port, process, directory / "pgbouncer.log")
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with running_pgbouncer(owned_cluster.port, directory) as url:
+        yield url
 
 
 async def _number(request: Request) -> JSONResponse:

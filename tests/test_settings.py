@@ -125,8 +125,12 @@ def test_every_variable_is_read() -> None:
         LOG_LEVEL="DEBUG",
         LOG_FORMAT="JSON",
         ACCESS_LOG="off",
+        DATABASE_REPLICA_URL="postgresql://app@replica:5432/orders",
+        DB_REPLICA_MAX_LAG="2.5",
     )
     assert settings == Settings(
+        replica_url=DatabaseURL.parse("postgresql://app@replica:5432/orders"),
+        replica_max_lag=2.5,
         pool_min_size=0,
         pool_max_size=1000,
         pool_max_lifetime=60,
@@ -188,6 +192,16 @@ def test_every_variable_is_read() -> None:
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT: 'xml' is not one of text, json"),
         ({"ACCESS_LOG": "maybe"}, "ACCESS_LOG: 'maybe' is not a boolean"),
         ({"DB_MIGRATE_ON_STARTUP": "2"}, "DB_MIGRATE_ON_STARTUP: '2' is not a boolean"),
+        (
+            {"DATABASE_REPLICA_URL": "mysql://u:pw@h/d"},
+            "DATABASE_REPLICA_URL: scheme 'mysql' is not PostgreSQL",
+        ),
+        (
+            {"DATABASE_REPLICA_URL": "postgresql://u:pw@r1:5432,r2:x/d"},
+            "DATABASE_REPLICA_URL: the port is not",
+        ),
+        ({"DB_REPLICA_MAX_LAG": "0"}, "DB_REPLICA_MAX_LAG: '0' is out of range"),
+        ({"DB_REPLICA_MAX_LAG": "a while"}, "DB_REPLICA_MAX_LAG: 'a while' is not a number"),
     ],
 )
 def test_bad_values_are_refused_with_the_variable_named(env: dict[str, str], message: str) -> None:
@@ -221,3 +235,30 @@ def test_with_database_keeps_server_and_credentials() -> None:
         f"postgresql://app:{SECRET}@db:5432/other?sslmode=disable"
     )
     assert DatabaseURL(None).with_database("x").value == "postgresql:///x"
+
+
+# -- read replicas ---------------------------------------------------------------------
+
+
+def test_no_replica_unless_configured() -> None:
+    settings = from_env()
+    assert settings.replica_url is None
+    assert settings.replica_max_lag == 5.0
+
+
+def test_replica_url_prefers_a_standby_unless_it_says_otherwise() -> None:
+    settings = from_env(
+        DATABASE_URL="postgresql://app:pw@db1:5432,db2:5432/orders",
+        DATABASE_REPLICA_URL=f"postgresql://app:{SECRET}@db2:5432,db3:5432/orders",
+    )
+    assert settings.database_url.target_session_attrs == "read-write"
+    assert settings.replica_url is not None
+    assert settings.replica_url.target_session_attrs == "prefer-standby"
+    assert SECRET not in repr(settings)
+    replica = settings.for_replica()
+    assert replica.database_url == settings.replica_url
+    assert replica.database_url.target_session_attrs == "prefer-standby"
+    assert (replica.replica_url, replica.migrate_on_startup) == (None, False)
+    own = from_env(DATABASE_REPLICA_URL="postgresql://r1,r2/d?target_session_attrs=standby")
+    assert own.replica_url is not None
+    assert own.replica_url.target_session_attrs == "standby"

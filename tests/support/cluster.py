@@ -150,6 +150,64 @@ class Cluster:
         self.stop()
         self.start()
 
+    # -- replication -------------------------------------------------------------------
+
+    def base_backup(self, primary: Cluster) -> Cluster:
+        """Make this data directory a streaming standby of `primary` (`pg_basebackup -R`)."""
+        self.data.parent.mkdir(parents=True, exist_ok=True)
+        if self.user is not None:
+            _open_path_to(self.data.parent)
+        self.data.mkdir(mode=0o700)
+        self._own(self.data)
+        conninfo = f"host=127.0.0.1 port={primary.port} user=postgres"
+        self._run(
+            "pg_basebackup", "-D", str(self.data), "-R", "-X", "stream", "-c", "fast",
+            "--no-sync", "-d", conninfo,
+        )  # fmt: skip
+        return self
+
+    def promote(self) -> None:
+        """End recovery: this standby becomes a primary (waits until it takes writes)."""
+        self._run("pg_ctl", "-D", str(self.data), "-w", "-t", "30", "promote")
+
+    def follow(self, primary: Cluster) -> None:
+        """Configure this (stopped) cluster as a standby of `primary`; `start()` it after.
+
+        What an operator does to a cleanly stopped old primary after a switchover:
+        standby.signal, and primary_conninfo pointing at the new primary.
+        """
+        auto = self.data / "postgresql.auto.conf"
+        kept = [
+            line
+            for line in auto.read_text().splitlines()
+            if not line.startswith("primary_conninfo")
+        ]
+        kept.append(f"primary_conninfo = 'host=127.0.0.1 port={primary.port} user=postgres'")
+        auto.write_text("\n".join(kept) + "\n")
+        signal_file = self.data / "standby.signal"
+        signal_file.touch()
+        self._own(signal_file)
+
+    def query(self, sql: str) -> object:
+        """The first column of the first row of `sql` (None if no rows), run as postgres."""
+        import psycopg
+
+        with psycopg.connect(self.url(), autocommit=True, connect_timeout=10) as con:
+            cursor = con.execute(sql.encode())
+            row = cursor.fetchone() if cursor.description else None
+        return None if row is None else row[0]
+
+    def wait_streaming_to(self, standby: Cluster, timeout: float = 30) -> None:
+        """Until `standby` streams from this primary and has replayed all of its WAL."""
+        from tests.support.polling import wait_until
+
+        caught_up = (
+            "SELECT count(*) FROM pg_stat_replication"
+            " WHERE state = 'streaming' AND replay_lsn >= pg_current_wal_lsn()"
+        )
+        what = f"the standby on port {standby.port} to catch up"
+        wait_until(lambda: self.query(caught_up), what, timeout=timeout)
+
     def destroy(self) -> None:
         self.stop("immediate")
         shutil.rmtree(self.data, ignore_errors=True)
@@ -193,6 +251,42 @@ class Cluster:
     def url(self, database: str = "postgres", password: str | None = None) -> str:
         secret = f":{password}" if password else ""
         return f"postgresql://postgres{secret}@127.0.0.1:{self.port}/{database}"
+
+
+def switchover(primary: Cluster, standby: Cluster) -> None:
+    """A planned switchover: stop the primary, promote the standby, restart the old primary
+    as a standby of the new one. A clean stop sends the standby all the WAL first, so the
+    old primary can follow the new timeline without pg_rewind."""
+    primary.wait_streaming_to(standby)
+    primary.stop()
+    standby.promote()
+    primary.follow(standby)
+    primary.start()
+
+
+class Pair:
+    """A primary and its streaming standby (`pg_basebackup -R`); `switchover()` swaps them.
+
+    `primary` and `standby` always name the current roles; each side keeps its port.
+    """
+
+    def __init__(self, workdir: Path, template: Path | None = None) -> None:
+        self.primary = Cluster(workdir / "ha-a").init(template=template).start()
+        self.standby = Cluster(workdir / "ha-b").base_backup(self.primary).start()
+
+    def switchover(self) -> None:
+        switchover(self.primary, self.standby)
+        self.primary, self.standby = self.standby, self.primary
+
+    def url(self, *clusters: Cluster, **params: str) -> str:
+        """A multi-host URL listing `clusters` in that order, with query parameters."""
+        hosts = ",".join(f"127.0.0.1:{c.port}" for c in clusters)
+        query = "&".join(f"{k}={v}" for k, v in params.items())
+        return f"postgresql://postgres@{hosts}/postgres" + (f"?{query}" if query else "")
+
+    def destroy(self) -> None:
+        self.primary.destroy()
+        self.standby.destroy()
 
 
 def _run_foreground(args: argparse.Namespace) -> int:
