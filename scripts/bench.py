@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,7 +52,13 @@ MIN_READ_VS_SQLALCHEMY = 3.0  # x the original design's req/s
 MAX_HELPER_OVERHEAD = 0.03  # in-process, on the one-row read, over a bare pool
 MAX_RSS_GROWTH_MB = 5.0  # after 100k requests, over idle
 
-READ_APPS = ("project", "lean", "sqlalchemy")  # factories in scripts/bench_apps.py
+# name: (factory in scripts/bench_apps.py, extra environment)
+READ_APPS = {
+    "project": ("project", {}),
+    "project, full reset": ("project", {"DB_RESET_ON_RELEASE": "full"}),
+    "lean": ("lean", {}),
+    "sqlalchemy": ("sqlalchemy", {}),
+}
 ITEM = "/item/1"  # answers 200 once an app's pool is up
 # wrk: one random id per request, the same sequence for every app.
 RANDOM_ITEM_LUA = f"""math.randomseed(7)
@@ -199,6 +205,9 @@ async def helper_vs_bare(
     """µs per `acquire; one-row read; release`, one figure a round: (our helper, a bare pool)."""
     settings = Settings.from_env(env, ROOT / ".env")  # what the service read
     bare = await asyncpg.create_pool(**pool_arguments(settings))
+    # The same work as the bare pool, whose release runs asyncpg's full reset: this measures
+    # the helper's own overhead, not the lighter default release.
+    settings = replace(settings, reset_on_release="full")
     ids = [random.Random(11).randint(1, ROWS) for _ in range(iterations)]
     async with Database(settings) as db:
         if not await db.wait_connected(30):
@@ -248,8 +257,10 @@ def one_row_reads(
         filter(None, [str(ROOT / "scripts"), os.environ.get("PYTHONPATH")])
     )
     services = {
-        name: ServiceProcess(url, app=f"bench_apps:{name}", ready_path=ITEM, PYTHONPATH=pythonpath)
-        for name in READ_APPS
+        name: ServiceProcess(
+            url, app=f"bench_apps:{factory}", ready_path=ITEM, PYTHONPATH=pythonpath, **env
+        )
+        for name, (factory, env) in READ_APPS.items()
     }
     runs: dict[str, list[Load]] = {name: [] for name in READ_APPS}
     try:
@@ -257,12 +268,12 @@ def one_row_reads(
             service.start()
             load(service.url("/"), connections, 2, script)  # warm up
         for i in range(rounds):
-            order = READ_APPS if i % 2 == 0 else READ_APPS[::-1]
+            order = list(READ_APPS) if i % 2 == 0 else list(READ_APPS)[::-1]
             for name in order:
                 result = load(services[name].url("/"), connections, seconds, script)
                 runs[name].append(result)
                 print(
-                    f"  read: {name:<11} {result.rps:9.0f} req/s  p50 {result.p50_ms:6.2f} ms"
+                    f"  read: {name:<20} {result.rps:9.0f} req/s  p50 {result.p50_ms:6.2f} ms"
                     f"  p99 {result.p99_ms:6.2f} ms",
                     file=sys.stderr,
                 )
@@ -350,10 +361,14 @@ def main(argv: list[str] | None = None) -> int:
     ours_us, bare_us = statistics.median(ours), statistics.median(theirs)
     overhead = paired(ours, theirs) - 1
     growth = rss_after - rss_idle
-    project, lean, alchemy = (median_load(reads[name]) for name in READ_APPS)
+    project, full, lean, alchemy = (median_load(reads[name]) for name in READ_APPS)
     read_rps = paired([r.rps for r in reads["project"]], [r.rps for r in reads["lean"]])
     read_p99 = paired([r.p99_ms for r in reads["project"]], [r.p99_ms for r in reads["lean"]])
     vs_alchemy = paired([r.rps for r in reads["project"]], [r.rps for r in reads["sqlalchemy"]])
+    full_rps = paired([r.rps for r in reads["project, full reset"]], [r.rps for r in reads["lean"]])
+    full_p99 = paired(
+        [r.p99_ms for r in reads["project, full reset"]], [r.p99_ms for r in reads["lean"]]
+    )
 
     rows = [
         ("GET /api/v1/health (liveness)", f"{health.rps:,.0f} req/s",
@@ -362,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
          f"p50 {ready.p50_ms:.2f} ms, p99 {ready.p99_ms:.2f} ms"),
         ("one-row read: project (create_app routes)", f"{project.rps:,.0f} req/s",
          f"p50 {project.p50_ms:.2f} ms, p99 {project.p99_ms:.2f} ms"),
+        ("one-row read: project, DB_RESET_ON_RELEASE=full", f"{full.rps:,.0f} req/s",
+         f"p50 {full.p50_ms:.2f} ms, p99 {full.p99_ms:.2f} ms"),
         ("one-row read: lean Starlette + asyncpg", f"{lean.rps:,.0f} req/s",
          f"p50 {lean.p50_ms:.2f} ms, p99 {lean.p99_ms:.2f} ms"),
         ("one-row read: FastAPI + SQLAlchemy", f"{alchemy.rps:,.0f} req/s",
@@ -382,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
          verdict(read_rps >= MIN_READ_THROUGHPUT)),
         ("read: project / lean p99", f"{read_p99:.3f}x", f"<= {MAX_READ_P99}x",
          verdict(read_p99 <= MAX_READ_P99)),
+        ("read, full reset: project / lean throughput", f"{full_rps:.3f}x", "(same work)",
+         ""),
+        ("read, full reset: project / lean p99", f"{full_p99:.3f}x", "(same work)", ""),
         ("read: project / SQLAlchemy throughput", f"{vs_alchemy:.2f}x",
          f">= {MIN_READ_VS_SQLALCHEMY:.0f}x", verdict(vs_alchemy >= MIN_READ_VS_SQLALCHEMY)),
         ("helper over bare pool (read)", f"{overhead:+.1%}", f"<= +{MAX_HELPER_OVERHEAD:.0%}",
@@ -404,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     print(_table(("measure", "result", ""), rows))
     print()
     print(_table(("ratio", "measured", "target", ""), ratios))
-    errors = health.errors + ready.errors + project.errors + lean.errors + alchemy.errors
+    errors = sum(r.errors for r in (health, ready, project, full, lean, alchemy))
     if errors:
         print(f"\nwarning: {errors} non-2xx responses or socket errors during the load runs")
     print(f"\n(the whole run took {time.perf_counter() - total_started:.0f} s)", file=sys.stderr)

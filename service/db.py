@@ -77,30 +77,45 @@ class QueryTimeout(DatabaseUnavailable, TimeoutError):
 
 
 class Connection(asyncpg.Connection):
-    """An asyncpg connection that knows when to retire, so the pool can replace old ones."""
+    """An asyncpg connection that knows when to retire and how much to reset at release."""
 
-    __slots__ = ("retire_at", "closed_by_us", "_nothing_to_reset")
+    __slots__ = ("retire_at", "closed_by_us", "full_reset", "_nothing_to_reset", "_listened")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.retire_at = math.inf  # set by the pool's init (DB_POOL_MAX_LIFETIME)
         # Metrics: a close we start (retire, expire, timeout, shutdown) is not a "lost" one.
         self.closed_by_us = False
+        self.full_reset = True  # DB_RESET_ON_RELEASE=full; set by the pool's init
         self._nothing_to_reset = False
+        self._listened = False  # add_listener ran: the server holds a LISTEN to undo
 
     def skip_next_reset(self) -> None:
         """Only `SELECT 1` ran since acquire: release without the reset round trip.
 
-        asyncpg resets every released connection (advisory locks, cursors, LISTEN, SET);
-        after the readiness query there is nothing to reset, and the round trip was half
-        of each check's time, with every waiting probe parked behind it.
+        After the readiness query there is nothing to reset, and the round trip was half of
+        each check's time, with every waiting probe parked behind it.
         """
         self._nothing_to_reset = True
 
+    async def add_listener(self, channel: str, callback: Any) -> None:
+        self._listened = True
+        await super().add_listener(channel, callback)
+
     def get_reset_query(self) -> str:
+        """What the release runs after asyncpg's own ROLLBACK of an open transaction.
+
+        DB_RESET_ON_RELEASE=rollback (the default) stops there, as SQLAlchemy's pool (the
+        original design), psycopg_pool and pgx do: no round trip for a connection left idle.
+        `full` adds asyncpg's reset (advisory locks, cursors, LISTEN, SET): a round trip per
+        release, for apps that leave session state behind (docs/performance.md).
+        """
         if self._nothing_to_reset:
             self._nothing_to_reset = False
             return ""
+        if not self.full_reset and not self._listened:
+            return ""
+        self._listened = False
         return super().get_reset_query()
 
     async def close(self, *, timeout: float | None = None) -> None:
@@ -623,6 +638,7 @@ class Database:
     async def _connection_opened(self, connection: asyncpg.Connection) -> None:
         con = cast(Connection, connection)  # connection_class=Connection
         self._opened += 1
+        con.full_reset = self._settings.reset_on_release == "full"
         if self._settings.slow_query_ms > 0:
             con.add_query_logger(self._log_if_slow)
         if self._max_lifetime > 0:

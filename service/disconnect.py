@@ -70,6 +70,7 @@ class Watch:
             self._task = asyncio.get_running_loop().create_task(self._watch())
 
     def stop(self) -> None:
+        """At the request's end: stop reading the channel."""
         self._sweeper.let_go(self)
         if self._task is not None:
             self._task.cancel()

@@ -54,6 +54,9 @@ class RequestMiddleware:
                 raise
             # Our own cancellation: the client is gone, there is nobody to answer.
         finally:
+            # Drop the watch from the scope: it holds the server's receive, whose cycle holds
+            # the scope; left there, every request would leave a cycle for the collector.
+            del scope[SCOPE_KEY]
             watch.stop()
             if watch.fired:
                 status = CLIENT_CLOSED

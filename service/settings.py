@@ -162,6 +162,7 @@ class Settings:
     )
     ready_timeout: float = setting("DB_READY_TIMEOUT", _seconds(), 0.8)
     close_timeout: float = setting("DB_CLOSE_TIMEOUT", _seconds(), 10.0)
+    reset_on_release: str = setting("DB_RESET_ON_RELEASE", _choice("rollback", "full"), "rollback")
     slow_query_ms: float = setting("DB_SLOW_QUERY_MS", _milliseconds, 0.0)
     migrate_on_startup: bool = setting("DB_MIGRATE_ON_STARTUP", _boolean, False)
     migrate_lock_timeout: float = setting("MIGRATE_LOCK_TIMEOUT", _seconds(allow_zero=True), 60.0)

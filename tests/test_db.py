@@ -9,6 +9,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from typing import Any
 
 import asyncpg
 import psycopg
@@ -303,3 +304,68 @@ async def test_close_during_a_startup_hook_leaves_no_connection(database_url: st
         await wait_until_async(lambda: sessions() == (0,), "the server to drop the session")
         left = sessions()
     assert left == (0,)
+
+
+# -- what a release resets (DB_RESET_ON_RELEASE) -----------------------------------------
+
+
+async def _after_release(
+    database_url: str, mode: str, listen: bool, expect_loop_exception: Any
+) -> tuple[str, bool, int, str]:
+    """Leave session state on the pool's only connection; read it from the next acquire."""
+    settings = test_settings(database_url, pool_min_size=1, pool_max_size=1, reset_on_release=mode)
+    async with Database(settings) as database:
+        assert await database.wait_connected(10)
+        # Released with a transaction open: always rolled back (and asyncpg says so).
+        with expect_loop_exception("Resetting connection with an active transaction"):
+            async with database.connection() as con:
+                await con.execute("SET application_name = 'left-behind'")
+                await con.execute("SELECT pg_advisory_lock(42)")
+                if listen:
+                    await con.add_listener("channel_42", lambda *args: None)
+                await con.transaction().start()
+                await con.execute("CREATE TABLE reset_probe (id int)")
+        async with database.connection() as con:
+            name = await con.fetchval("SELECT current_setting('application_name')")
+            rolled_back = await con.fetchval("SELECT to_regclass('reset_probe') IS NULL")
+            locks = await con.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 42"
+            )
+            channels = await con.fetchval(
+                "SELECT string_agg(c, ',') FROM pg_listening_channels() AS c"
+            )
+    return name, rolled_back, locks, channels or ""
+
+
+async def test_the_default_release_rolls_back_and_keeps_session_settings(
+    database_url: str, expect_loop_exception: Any
+) -> None:
+    name, rolled_back, locks, _ = await _after_release(
+        database_url, "rollback", False, expect_loop_exception
+    )
+    assert rolled_back  # the guarantee: an open transaction never survives a release
+    # Session state set with plain SQL stays, as with SQLAlchemy's pool (the original
+    # design), psycopg_pool and pgx: use SET LOCAL, or DB_RESET_ON_RELEASE=full.
+    assert (name, locks) == ("left-behind", 1)
+
+
+@pytest.mark.filterwarnings("ignore:.*active notification listener")  # left on purpose
+@pytest.mark.parametrize("mode", ["rollback", "full"])
+async def test_a_listener_left_behind_gets_the_full_reset(
+    database_url: str, mode: str, expect_loop_exception: Any
+) -> None:
+    name, rolled_back, locks, channels = await _after_release(
+        database_url, mode, True, expect_loop_exception
+    )
+    assert rolled_back and channels == ""  # no server-side LISTEN outlives its handler
+    assert (name, locks) == (dbmod.APPLICATION_NAME, 0)
+
+
+async def test_a_full_reset_clears_session_settings_and_advisory_locks(
+    database_url: str, expect_loop_exception: Any
+) -> None:
+    name, rolled_back, locks, _ = await _after_release(
+        database_url, "full", False, expect_loop_exception
+    )
+    assert rolled_back
+    assert (name, locks) == (dbmod.APPLICATION_NAME, 0)
