@@ -76,6 +76,14 @@ class Metrics:
         )
 
 
+def _by_label(name: str, documentation: str, label: str, counts: dict[str, int]) -> Metric:
+    """A counter family with one label, a sample per value."""
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for value, count in sorted(counts.items()):
+        family.add_metric([value], count)
+    return family
+
+
 def _buckets(histogram: Histogram) -> list[tuple[str, float]]:
     cumulative: list[float] = list(accumulate(histogram.counts))
     # prometheus_client's helper is untyped; it spells bounds as the exposition format wants.
@@ -94,14 +102,12 @@ class RequestCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         m = self.metrics
-        checks = CounterMetricFamily(
+        yield _by_label(
             "db_ready_checks",
             "Readiness checks of the database, by outcome (the readiness word).",
-            labels=["outcome"],
+            "outcome",
+            m.ready_checks,
         )
-        for outcome, count in sorted(m.ready_checks.items()):
-            checks.add_metric([outcome], count)
-        yield checks
         ready = m.ready_duration
         yield HistogramMetricFamily(
             "db_ready_check_duration_seconds",
@@ -192,27 +198,23 @@ class PoolCollector(Collector):
             buckets=_buckets(stats.held_seconds),
             sum_value=stats.held_seconds.total,
         )
-        cancelled = CounterMetricFamily(
+        yield _by_label(
             "db_queries_cancelled",
             "Queries cancelled on the server: timeout (DB_COMMAND_TIMEOUT) or disconnect.",
-            labels=["reason"],
+            "reason",
+            stats.cancelled,
         )
-        for reason, count in sorted(stats.cancelled.items()):
-            cancelled.add_metric([reason], count)
-        yield cancelled
         yield CounterMetricFamily(
             "db_writes_refused",
             "Handler queries refused as read-only (SQLSTATE 25006): connection closed, 503.",
             stats.writes_refused,
         )
-        fallbacks = CounterMetricFamily(
+        yield _by_label(
             "db_replica_fallbacks",
             "read_only=True connections the primary served: not_configured, unavailable, lag.",
-            labels=["reason"],
+            "reason",
+            stats.replica_fallbacks,
         )
-        for reason, count in sorted(stats.replica_fallbacks.items()):
-            fallbacks.add_metric([reason], count)
-        yield fallbacks
         replica = stats.replica
         if replica is None:
             return

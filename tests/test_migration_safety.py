@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -20,7 +19,7 @@ from service import migration_safety, migrations
 from service.migration_safety import LockRetries, Timeouts
 from service.migrations import Runner
 from service.settings import DatabaseURL
-from tests.support.migrations import SHIPPED, cli, query, write
+from tests.support.migrations import SHIPPED, cli, query, with_baseline, write
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK_TIMEOUT = 0.2  # short, so that the suite stays fast; the bounds below derive from it
@@ -30,10 +29,7 @@ SQUAWK = Path(sys.executable).parent / "squawk"
 @pytest.fixture
 def live_dir(tmp_path: Path, database_url: str) -> Path:
     """Baseline and an `orders` table with rows, applied; the test adds what it runs."""
-    directory = tmp_path / "sql"
-    directory.mkdir()
-    for path in SHIPPED.glob("0001_*"):
-        shutil.copy(path, directory)
+    directory = with_baseline(tmp_path / "sql")
     write(
         directory,
         "0002_orders",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from service.migrations import MigrationError, Runner
 from service.settings import DatabaseURL
 from tests.support.apps import running, test_settings
 from tests.support.cluster import free_port
-from tests.support.migrations import SHIPPED, cli, query, write
+from tests.support.migrations import SHIPPED, cli, query, with_baseline, write
 from tests.support.polling import wait_until
 from tests.support.servers import Server
 
@@ -83,10 +82,7 @@ def empty_url(server: Server) -> Iterator[str]:
 @pytest.fixture
 def sql_dir(tmp_path: Path) -> Path:
     """The shipped baseline plus a table and a row: enough to see order and undo."""
-    directory = tmp_path / "sql"
-    directory.mkdir()
-    for path in SHIPPED.glob("0001_*"):
-        shutil.copy(path, directory)
+    directory = with_baseline(tmp_path / "sql")
     write(
         directory,
         "0002_things",

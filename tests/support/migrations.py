@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,14 @@ if TYPE_CHECKING:
     import pytest
 
 SHIPPED = Path(__file__).resolve().parents[2] / "sql"
+
+
+def with_baseline(directory: Path) -> Path:
+    """`directory`, created, holding the shipped baseline pair (0001_*)."""
+    directory.mkdir()
+    for path in SHIPPED.glob("0001_*"):
+        shutil.copy(path, directory)
+    return directory
 
 
 def write(directory: Path, name: str, forward: str, backward: str = "") -> None:
