@@ -67,6 +67,30 @@ class DatabaseURL:
         assert self.value is not None
         return _URLParts.split(self.value.partition("://")[2], "DATABASE_URL")
 
+    def per_host(self) -> tuple[str, ...]:
+        """One URL per host of a host list, in order; a single host: the URL itself.
+
+        The service connects host by host with DB_CONNECT_TIMEOUT each, as libpq does
+        (asyncpg alone spends one timeout on the whole list).
+        """
+        if self.value is None:
+            return ()
+        parts = self._parts()
+        hosts = parts.hosts.split(",") if parts.hosts else []
+        if len(hosts) > 1:
+            return tuple(replace(parts, hosts=host).unsplit(parts.userinfo) for host in hosts)
+        names = (parts.param("host") or "").split(",")
+        if len(names) < 2:
+            return (self.value,)
+        ports = (parts.param("port") or "").split(",")
+        ports = ports * len(names) if len(ports) == 1 else ports
+        rest = tuple((k, v) for k, v in parts.query if unquote(k) not in ("host", "port"))
+        urls = []
+        for name, port in zip(names, ports, strict=True):
+            query = rest + (("host", quote(name, safe="")),) + ((("port", port),) if port else ())
+            urls.append(replace(parts, query=query).unsplit(parts.userinfo))
+        return tuple(urls)
+
     def with_scheme(self, scheme: str) -> str | None:
         """The URL with another scheme (yoyo wants postgresql+psycopg://)."""
         if self.value is None:

@@ -383,6 +383,7 @@ class Database:
         replica: bool = False,
     ) -> None:
         self._settings = settings
+        self._hosts = settings.database_url.per_host()
         # A replica (DATABASE_REPLICA_URL) need not take writes; it logs as `db_replica.*`,
         # and its check reads its replay position (service/replica.py).
         self._name = "db_replica" if replica else "db"
@@ -627,7 +628,42 @@ class Database:
         finally:
             self._lent -= 1
 
+    async def _connect_each_host(self, dsn: str | None = None, **kwargs: Any) -> asyncpg.Connection:
+        """A host list, host by host, each with its own DB_CONNECT_TIMEOUT (libpq's way).
+
+        asyncpg spends one timeout on the whole list, so a host that drops packets used
+        all of it and the next host was never tried. prefer-standby: every host as a
+        standby first, then any.
+        """
+        attrs = kwargs.pop("target_session_attrs", None)
+        passes = [attrs]
+        if attrs == SessionAttribute.prefer_standby:
+            passes = [SessionAttribute.standby, SessionAttribute.any]
+        failure: BaseException | None = None
+        for wanted in passes:
+            for url in self._hosts:
+                try:
+                    return await asyncpg.connect(url, target_session_attrs=wanted, **kwargs)
+                except (
+                    OSError,
+                    TimeoutError,
+                    asyncpg.PostgresError,
+                    asyncpg.InterfaceError,
+                    asyncpg.TargetServerAttributeNotMatched,
+                ) as exc:
+                    failure = exc
+        assert failure is not None  # at least one host was tried
+        raise failure
+
     async def _create_pool(self) -> asyncpg.Pool:
+        if len(self._hosts) > 1:
+            return await asyncpg.create_pool(
+                **pool_arguments(self._settings),
+                connection_class=Connection,
+                server_settings={"application_name": APPLICATION_NAME},
+                init=self._connection_opened,
+                connect=self._connect_each_host,
+            )
         return await asyncpg.create_pool(
             **pool_arguments(self._settings),
             connection_class=Connection,
@@ -687,7 +723,9 @@ class Database:
 
     async def _connect_once(self) -> asyncpg.Pool:
         """A new pool that passed the start-up hooks; nothing is left open otherwise."""
-        async with asyncio.timeout(self._settings.connect_timeout * 2):
+        # Each host of a list gets its own connect timeout (twice, for prefer-standby).
+        attempts = 2 * len(self._hosts) if len(self._hosts) > 1 else 1
+        async with asyncio.timeout(self._settings.connect_timeout * (attempts + 1)):
             pool = await self._create_pool()
             if self._requires_writes:
                 # target_session_attrs=any (or prefer-standby) may land on a standby: not

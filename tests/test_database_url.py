@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
 from dataclasses import replace
@@ -220,6 +221,37 @@ async def test_the_pool_skips_a_host_that_refuses(
             assert await con.fetchval("SELECT inet_server_port()") == real_port
     started = [r.getMessage() for r in caplog.records if "db.start" in r.getMessage()]
     assert started == [f"db.start target={DatabaseURL.parse(url).redacted}"]
+
+
+@pytest.mark.parametrize("form", [host_list, host_parameters])
+async def test_each_host_gets_its_own_connect_timeout(database_url: str, form) -> None:
+    """A first host that accepts and never answers (a hung server, a black hole) used to
+    take asyncpg's whole timeout, so the second host was never tried."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)  # the kernel completes handshakes; nobody ever answers
+        url = form(database_url, first=f"127.0.0.1:{silent.getsockname()[1]}")
+        settings = test_settings(url, connect_timeout=0.5, pool_min_size=1)
+        async with Database(settings) as database:
+            assert await database.wait_connected(15)
+            async with database.connection() as con:
+                assert await con.fetchval("SELECT 1") == 1
+            assert database.state == "connected"
+
+
+def test_a_host_list_splits_into_one_url_per_host() -> None:
+    listed = DatabaseURL.parse("postgresql://u:pw@h1:5432,[::1]:5433/app?sslmode=require")
+    assert listed.per_host() == (
+        "postgresql://u:pw@h1:5432/app?sslmode=require",
+        "postgresql://u:pw@[::1]:5433/app?sslmode=require",
+    )
+    params = DatabaseURL.parse("postgresql://u@/app?host=h1,h2&port=5432&sslmode=require")
+    assert params.per_host() == (
+        "postgresql://u@/app?sslmode=require&host=h1&port=5432",
+        "postgresql://u@/app?sslmode=require&host=h2&port=5432",
+    )
+    single = DatabaseURL.parse("postgresql://u@h1/app")
+    assert single.per_host() == (single.value,)
 
 
 @pytest.mark.parametrize("form", [host_list, host_parameters])
