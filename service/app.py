@@ -16,7 +16,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from . import health, migrations
-from .db import Database, DatabaseUnavailable, PooledConnection, QueryTimeout
+from .connection import DatabaseUnavailable, QueryTimeout
+from .db import Database, PooledConnection
 from .disconnect import SCOPE_KEY
 from .metrics import Metrics
 from .middleware import RequestMiddleware

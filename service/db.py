@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -18,6 +17,15 @@ from asyncpg.connect_utils import SessionAttribute
 from asyncpg.connection import LoggedQuery
 from asyncpg.pool import PoolConnectionProxy
 
+from .connection import (
+    CLIENT_DISCONNECTED,
+    Connection,
+    DatabaseUnavailable,
+    QueryTimeout,
+    ServerRefusesWrites,
+    classify,
+    refuses_writes,
+)
 from .histogram import Histogram
 from .replica import (
     FALLBACK_REASONS,
@@ -43,7 +51,6 @@ LIFETIME_SPREAD = 0.05  # DB_POOL_MAX_LIFETIME less up to 5 %, as psycopg_pool d
 # Seconds a timed-out or cancelled query gets to be cancelled on the server before its
 # connection is closed; the pool does not replace it meanwhile (no orphan beside a new one).
 CANCEL_TIMEOUT = 2.0
-CLIENT_DISCONNECTED = "client disconnected"  # the message of a disconnect's cancellation
 # Time to get a connection (most are instant; DB_ACQUIRE_TIMEOUT is 5 s by default).
 ACQUIRE_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Time a handler holds one (a query, a transaction, a slow handler).
@@ -55,112 +62,6 @@ _INTERRUPTED = (asyncio.CancelledError, TimeoutError)
 _BROKEN = (OSError, asyncpg.InterfaceError)
 # The server refuses writes (see refuses_writes): closed, never reused.
 _WRITES_REFUSED = (asyncpg.ReadOnlySQLTransactionError, asyncpg.FeatureNotSupportedError)
-
-
-class DatabaseUnavailable(Exception):
-    """No connection could be had within the bounded wait; the handler answers 503."""
-
-    def __init__(self, reason: DbState) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class ServerRefusesWrites(Exception):
-    """A new pool reached a server that takes no writes (target_session_attrs=any)."""
-
-
-class QueryTimeout(DatabaseUnavailable, TimeoutError):
-    """A query ran past its timeout and was cancelled on the server; the handler answers 503."""
-
-    def __init__(self) -> None:
-        super().__init__(DbState.TIMEOUT)
-
-
-class Connection(asyncpg.Connection):
-    """An asyncpg connection that knows when to retire and how much to reset at release."""
-
-    __slots__ = ("retire_at", "closed_by_us", "full_reset", "_nothing_to_reset", "_listened")
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.retire_at = math.inf  # set by the pool's init (DB_POOL_MAX_LIFETIME)
-        # Metrics: a close we start (retire, expire, timeout, shutdown) is not a "lost" one.
-        self.closed_by_us = False
-        self.full_reset = True  # DB_RESET_ON_RELEASE=full; set by the pool's init
-        self._nothing_to_reset = False
-        self._listened = False  # add_listener ran: the server holds a LISTEN to undo
-
-    def skip_next_reset(self) -> None:
-        """Only `SELECT 1` ran since acquire: release without the reset round trip.
-
-        After the readiness query there is nothing to reset, and the round trip was half of
-        each check's time, with every waiting probe parked behind it.
-        """
-        self._nothing_to_reset = True
-
-    async def add_listener(self, channel: str, callback: Any) -> None:
-        self._listened = True
-        await super().add_listener(channel, callback)
-
-    def get_reset_query(self) -> str:
-        """What the release runs after asyncpg's own ROLLBACK of an open transaction.
-
-        DB_RESET_ON_RELEASE=rollback (the default) stops there, as SQLAlchemy's pool (the
-        original design), psycopg_pool and pgx do: no round trip for a connection left idle.
-        `full` adds asyncpg's reset (advisory locks, cursors, LISTEN, SET): a round trip per
-        release, for apps that leave session state behind (docs/performance.md).
-        """
-        if self._nothing_to_reset:
-            self._nothing_to_reset = False
-            return ""
-        if not self.full_reset and not self._listened:
-            return ""
-        self._listened = False
-        return super().get_reset_query()
-
-    async def close(self, *, timeout: float | None = None) -> None:
-        self.closed_by_us = self.closed_by_us or not self.is_closed()
-        await super().close(timeout=timeout)
-
-    def terminate(self) -> None:
-        self.closed_by_us = self.closed_by_us or not self.is_closed()
-        super().terminate()
-
-
-def classify(exc: BaseException) -> DbState:
-    """One word for why the database is not usable; never the exception's text."""
-    if isinstance(exc, TimeoutError):
-        return DbState.TIMEOUT
-    if isinstance(exc, ServerRefusesWrites | asyncpg.TargetServerAttributeNotMatched):
-        # No host of the list is what target_session_attrs asks for (read-write: a primary).
-        return DbState.READ_ONLY
-    if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError):
-        return DbState.UNAUTHORIZED
-    if isinstance(exc, asyncpg.InvalidCatalogNameError):
-        return DbState.UNKNOWN_DATABASE
-    if isinstance(exc, asyncpg.CannotConnectNowError | asyncpg.TooManyConnectionsError):
-        return DbState.UNAVAILABLE
-    if isinstance(
-        exc,
-        OSError
-        | asyncpg.PostgresConnectionError
-        | asyncpg.InterfaceError
-        | asyncpg.AdminShutdownError
-        | asyncpg.CrashShutdownError,
-    ):
-        return DbState.DISCONNECTED
-    return DbState.ERROR
-
-
-def refuses_writes(exc: BaseException) -> bool:
-    """The server is read-only: SQLSTATE 25006, or a standby refusing a read-write transaction.
-
-    The latter is SQLSTATE 0A000 (feature not supported), told apart by its message
-    ("cannot set transaction read-write mode during recovery"; with an English lc_messages).
-    """
-    if isinstance(exc, asyncpg.ReadOnlySQLTransactionError):
-        return True
-    return isinstance(exc, asyncpg.FeatureNotSupportedError) and "during recovery" in str(exc)
 
 
 class PoolArguments(TypedDict):

@@ -20,7 +20,7 @@ from collections import deque
 
 from starlette.types import Message, Receive
 
-from .db import CLIENT_DISCONNECTED
+from .connection import CLIENT_DISCONNECTED
 
 SCOPE_KEY = "service.disconnect"
 # Seconds between sweeps; a handler still holding a connection at two sweeps in a row is

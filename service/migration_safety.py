@@ -255,7 +255,7 @@ class LockRetries:
 
 def concurrent_index_name(statement: str) -> str | None:
     """The index a `CREATE [UNIQUE] INDEX CONCURRENTLY name ON …` statement builds, as written."""
-    text = statement[_LEADING_COMMENTS.match(statement).end() :]  # type: ignore[union-attr]
+    text = _LEADING_COMMENTS.sub("", statement, count=1)  # comments before the statement
     match = _CONCURRENT_INDEX.match(text)
     return match.group(1) if match else None
 
