@@ -262,3 +262,21 @@ def test_replica_url_prefers_a_standby_unless_it_says_otherwise() -> None:
     own = from_env(DATABASE_REPLICA_URL="postgresql://r1,r2/d?target_session_attrs=standby")
     assert own.replica_url is not None
     assert own.replica_url.target_session_attrs == "standby"
+
+
+def test_every_setting_is_documented_where_an_operator_looks() -> None:
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    operations = (root / "docs" / "operations.md").read_text()
+    example = (root / ".env.example").read_text()
+    for variable in Settings.variables():
+        assert f"| `{variable}` |" in readme, f"{variable}: no row in the README's settings table"
+        assert f"| `{variable}` |" in operations, f"{variable}: no row in docs/operations.md"
+        assert f"{variable}=" in example, f"{variable}: not in .env.example"
+
+
+def test_the_example_env_file_is_valid() -> None:
+    example = Path(__file__).resolve().parent.parent / ".env.example"
+    assert Settings.from_env({}, env_file=example).database_url.redacted.startswith(
+        "postgresql://app:***@"
+    )
