@@ -208,7 +208,7 @@ def refusing() -> list[str]:
 
 
 @pytest.mark.parametrize("form", [host_list, host_parameters])
-@pytest.mark.parametrize("first", refusing())
+@pytest.mark.parametrize("first", refusing(), ids=["ipv4", "ipv6"])
 async def test_the_pool_skips_a_host_that_refuses(
     database_url: str, form, first: str, caplog: pytest.LogCaptureFixture
 ) -> None:
