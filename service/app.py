@@ -20,7 +20,7 @@ from .connection import DatabaseUnavailable, QueryTimeout
 from .db import Database, PooledConnection
 from .disconnect import SCOPE_KEY
 from .metrics import Metrics
-from .middleware import RequestMiddleware
+from .middleware import RequestMiddleware, route_template
 from .settings import Settings
 from .tracing import RouteName, Tracing
 
@@ -49,7 +49,7 @@ async def _db_unavailable(request: Request, exc: Exception) -> JSONResponse:
 
 async def _query_timeout(request: Request, exc: Exception) -> JSONResponse:
     # Once per timeout, with the route template; never the query's parameters.
-    route = getattr(request.scope.get("route"), "path", None) or request.url.path
+    route = route_template(request.scope) or request.url.path
     log.warning("db.query_timeout route=%s method=%s", route, request.method)
     return JSONResponse(
         {"error": "database timeout"}, status_code=503, headers={"Retry-After": "1"}

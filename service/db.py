@@ -416,13 +416,9 @@ class Database:
         if self._pool is None or self._closing:
             return None
         try:
-            async with asyncio.timeout(self._settings.ready_timeout):
-                async with PooledConnection(self, None) as con:
-                    value = await con.fetchval(query)
-                    cast(Connection, con).skip_next_reset()
+            return await self._probe(query)
         except Exception:
             return None
-        return value
 
     async def expire_connections(self) -> None:
         """Replace every pooled connection: idle ones at once, lent ones at release."""
@@ -557,19 +553,13 @@ class Database:
         raise failure
 
     async def _create_pool(self) -> asyncpg.Pool:
-        if len(self._hosts) > 1:
-            return await asyncpg.create_pool(
-                **pool_arguments(self._settings),
-                connection_class=Connection,
-                server_settings={"application_name": APPLICATION_NAME},
-                init=self._connection_opened,
-                connect=self._connect_each_host,
-            )
         return await asyncpg.create_pool(
             **pool_arguments(self._settings),
             connection_class=Connection,
             server_settings={"application_name": APPLICATION_NAME},
             init=self._connection_opened,
+            # A host list: host by host, a connect timeout each; one host: asyncpg's own.
+            connect=self._connect_each_host if len(self._hosts) > 1 else None,
         )
 
     async def _connection_opened(self, connection: asyncpg.Connection) -> None:
@@ -665,18 +655,22 @@ class Database:
         else:
             log.warning("%s.unavailable reason=%s", self._name, state)
 
+    async def _probe(self, query: str) -> Any:
+        """One value through the pool within DB_READY_TIMEOUT: acquire, query and release."""
+        async with asyncio.timeout(self._settings.ready_timeout):
+            # No acquire timeout of its own: the one above bounds it.
+            async with PooledConnection(self, None) as con:
+                value = await con.fetchval(query)
+                cast(Connection, con).skip_next_reset()  # forwarded by the proxy
+        return value
+
     async def _ping(self) -> DbState:
         """READY_QUERY within DB_READY_TIMEOUT (acquire, query and release)."""
         # Read now: a readiness flight's timer may report a timeout before this ends.
         was_connected = self._state == DbState.CONNECTED
         result: DbState
         try:
-            async with asyncio.timeout(self._settings.ready_timeout):
-                # No acquire timeout of its own: the one above bounds it, and asyncpg's
-                # wait_for would add a task to every check (Python < 3.12).
-                async with PooledConnection(self, None) as con:
-                    value = await con.fetchval(self._probe_query)
-                    cast(Connection, con).skip_next_reset()  # forwarded by the proxy
+            value = await self._probe(self._probe_query)
         except DatabaseUnavailable as exc:
             result = exc.reason
         except Exception as exc:

@@ -84,6 +84,13 @@ def _by_label(name: str, documentation: str, label: str, counts: dict[str, int])
     return family
 
 
+def _histogram(name: str, documentation: str, histogram: Histogram) -> Metric:
+    """A histogram family without labels, from the plain numbers."""
+    return HistogramMetricFamily(
+        name, documentation, buckets=_buckets(histogram), sum_value=histogram.total
+    )
+
+
 def _buckets(histogram: Histogram) -> list[tuple[str, float]]:
     cumulative: list[float] = list(accumulate(histogram.counts))
     # prometheus_client's helper is untyped; it spells bounds as the exposition format wants.
@@ -108,12 +115,10 @@ class RequestCollector(Collector):
             "outcome",
             m.ready_checks,
         )
-        ready = m.ready_duration
-        yield HistogramMetricFamily(
+        yield _histogram(
             "db_ready_check_duration_seconds",
             "Time to answer a readiness check, within DB_READY_TIMEOUT.",
-            buckets=_buckets(ready),
-            sum_value=ready.total,
+            m.ready_duration,
         )
         requests = CounterMetricFamily(
             "http_requests",
@@ -181,22 +186,20 @@ class PoolCollector(Collector):
         yield GaugeMetricFamily(
             "db_pool_waiting", "Callers waiting for a pool connection now.", stats.waiting
         )
-        yield HistogramMetricFamily(
+        yield _histogram(
             "db_pool_acquire_seconds",
             "Time to get a connection through the helper, timeouts included.",
-            buckets=_buckets(stats.acquire_seconds),
-            sum_value=stats.acquire_seconds.total,
+            stats.acquire_seconds,
         )
         yield CounterMetricFamily(
             "db_pool_acquire_timeouts",
             "Callers that got no connection within DB_ACQUIRE_TIMEOUT (answered 503).",
             stats.acquire_timeouts,
         )
-        yield HistogramMetricFamily(
+        yield _histogram(
             "db_pool_held_seconds",
             "Time a caller held a connection, from acquire to release.",
-            buckets=_buckets(stats.held_seconds),
-            sum_value=stats.held_seconds.total,
+            stats.held_seconds,
         )
         yield _by_label(
             "db_queries_cancelled",

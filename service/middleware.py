@@ -18,6 +18,11 @@ CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer
 UNMATCHED = "unmatched"  # the route label of a path no route knows: no raw paths as labels
 
 
+def route_template(scope: Scope) -> str | None:
+    """The matched route's path template (`/items/{id:int}`), set in the scope by the router."""
+    return getattr(scope.get("route"), "path", None)
+
+
 class RequestMiddleware:
     """Counts and times each HTTP request by route template; cancels it if its client leaves.
 
@@ -60,8 +65,7 @@ class RequestMiddleware:
             watch.stop()
             if watch.fired:
                 status = CLIENT_CLOSED
-            # The router puts the matched route into the scope; its path is the template.
-            route = getattr(scope.get("route"), "path", None) or UNMATCHED
+            route = route_template(scope) or UNMATCHED
             self.metrics.observe_request(
                 route, scope["method"], status, time.perf_counter() - start
             )

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .middleware import route_template
 from .settings import Settings, SettingsError
 
 if TYPE_CHECKING:
@@ -73,7 +74,7 @@ class RouteName:
 
         async def name_then_send(message: Message) -> None:
             # Before the answer starts: the span may end with the answer's last byte.
-            route = getattr(scope.get("route"), "path", None)
+            route = route_template(scope)
             if message["type"] == "http.response.start" and route is not None:
                 span.update_name(f"{scope['method']} {route}")
                 span.set_attribute("http.route", route)
