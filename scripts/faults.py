@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import psycopg
 
 from tests.support.cluster import Cluster, Pair
+from tests.support.cluster import switchover as switchover_clusters
 from tests.support.polling import wait_until
 from tests.support.process import READY, ServiceProcess
 
@@ -51,8 +52,8 @@ def measure(service: ServiceProcess, label: str, rows: list[str]) -> None:
     rows.append(f"| {label} | {', '.join(answers)} | {statistics.median(ms):.1f} | {max(ms):.1f} |")
 
 
-def until_ready(service: ServiceProcess, start: float | None = None) -> float:
-    start = time.perf_counter() if start is None else start
+def until_ready(service: ServiceProcess) -> float:
+    start = time.perf_counter()
     wait_until(lambda: service.get(READY) == 200, "readiness to answer 200", interval=0.01)
     return time.perf_counter() - start
 
@@ -125,25 +126,19 @@ def switchover(work: Path, rows: list[str]) -> None:
         multi.start()
         single.start()
         measure(multi, "HA pair, multi-host URL (standby listed first)", rows)
-        old.wait_streaming_to(new)
-        old.stop()
-        measure(multi, "switchover: primary stopped, standby not yet promoted", rows)
-        new.promote()
-        promoted = time.perf_counter()
-        back = until_ready(multi, promoted)
-        old.follow(new)
-        old.start()
-        label = f"standby promoted (multi-host: first 200 {back * 1000:.0f} ms after promotion)"
+        back: list[float] = []  # seconds from promotion to the first 200
+
+        def stopped() -> None:
+            measure(multi, "switchover: primary stopped, standby not yet promoted", rows)
+
+        switchover_clusters(
+            old, new, stopped=stopped, promoted=lambda: back.append(until_ready(multi))
+        )
+        label = f"standby promoted (multi-host: first 200 {back[0] * 1000:.0f} ms after promotion)"
         measure(multi, label, rows)
         measure(single, "old primary back as a standby (single-host URL on it)", rows)
-        new.wait_streaming_to(old)
-        new.stop()
-        old.promote()
-        promoted = time.perf_counter()
-        back = until_ready(single, promoted)
-        new.follow(old)
-        new.start()
-        label = f"switched back (single-host: first 200 {back * 1000:.0f} ms after promotion)"
+        switchover_clusters(new, old, promoted=lambda: back.append(until_ready(single)))
+        label = f"switched back (single-host: first 200 {back[1] * 1000:.0f} ms after promotion)"
         measure(single, label, rows)
     finally:
         multi.stop()

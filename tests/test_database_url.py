@@ -9,6 +9,7 @@ import re
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -91,17 +92,28 @@ def test_malformed_urls_are_refused_in_one_line(url: str, message: str) -> None:
     assert "pw" not in str(caught.value) and "off" not in str(caught.value)
 
 
-@pytest.mark.parametrize("url", AMBIGUOUS)
-def test_migrate_list_refuses_an_unencoded_password_in_one_line(url: str, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    result = subprocess.run(
-        [sys.executable, "-m", "service", "migrate", "list"],
-        env={**env, "PYTHONPATH": str(ROOT), "DATABASE_URL": url},
-        cwd=tmp_path,
+def migrate(
+    cwd: Path,
+    *args: str,
+    drop: Callable[[str], bool] = lambda name: name == "DATABASE_URL",
+    **env: str,
+) -> subprocess.CompletedProcess[str]:
+    """`python -m service migrate ARGS` in `cwd` (no .env there), environment variables
+    `drop` names removed and `env` added."""
+    kept = {k: v for k, v in os.environ.items() if not drop(k)}
+    return subprocess.run(
+        [sys.executable, "-m", "service", "migrate", *args],
+        env={**kept, "PYTHONPATH": str(ROOT), **env},
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+@pytest.mark.parametrize("url", AMBIGUOUS)
+def test_migrate_list_refuses_an_unencoded_password_in_one_line(url: str, tmp_path: Path) -> None:
+    result = migrate(tmp_path, "list", drop=lambda k: k.startswith("PG"), DATABASE_URL=url)
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr == f"error: DATABASE_URL: {ENCODE}\n"
 
@@ -117,15 +129,7 @@ def test_serve_refuses_an_unencoded_password_before_it_logs_anything(
 
 
 def test_migrate_database_option_is_named_when_refused(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    result = subprocess.run(
-        [sys.executable, "-m", "service", "migrate", "list", "--database", AMBIGUOUS[0]],
-        env={**env, "PYTHONPATH": str(ROOT)},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = migrate(tmp_path, "list", "--database", AMBIGUOUS[0])
     assert (result.returncode, result.stderr) == (2, f"error: --database: {ENCODE}\n")
 
 
@@ -257,15 +261,7 @@ def test_a_host_list_splits_into_one_url_per_host() -> None:
 @pytest.mark.parametrize("form", [host_list, host_parameters])
 def test_migrate_skips_a_host_that_refuses(database_url: str, form, tmp_path: Path) -> None:
     url = form(database_url, first=refusing()[0])
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    result = subprocess.run(
-        [sys.executable, "-m", "service", "migrate", "list"],
-        env={**env, "PYTHONPATH": str(ROOT), "DATABASE_URL": url},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = migrate(tmp_path, "list", DATABASE_URL=url)
     assert (result.returncode, result.stderr) == (0, "")
     assert result.stdout.startswith("applied  0001_")
 
@@ -307,15 +303,7 @@ def _connect_arguments(settings: Settings) -> dict[str, object]:
 def test_migrate_honours_target_session_attrs(
     read_only_url: str, tmp_path: Path, env: dict[str, str], returncode: int
 ) -> None:
-    environ = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    result = subprocess.run(
-        [sys.executable, "-m", "service", "migrate", "list"],
-        env={**environ, "PYTHONPATH": str(ROOT), "DATABASE_URL": read_only_url, **env},
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = migrate(tmp_path, "list", DATABASE_URL=read_only_url, **env)
     assert result.returncode == returncode, result.stderr
     if returncode:
         assert result.stderr.startswith("error: cannot connect to ")

