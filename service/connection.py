@@ -5,10 +5,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
+import select
 from typing import Any
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from .states import DbState
 
@@ -37,7 +41,14 @@ class QueryTimeout(DatabaseUnavailable, TimeoutError):
 class Connection(asyncpg.Connection):
     """An asyncpg connection that knows when to retire and how much to reset at release."""
 
-    __slots__ = ("retire_at", "closed_by_us", "full_reset", "_nothing_to_reset", "_listened")
+    __slots__ = (
+        "retire_at",
+        "closed_by_us",
+        "full_reset",
+        "_nothing_to_reset",
+        "_listened",
+        "_socket_events",
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -47,6 +58,29 @@ class Connection(asyncpg.Connection):
         self.full_reset = True  # DB_RESET_ON_RELEASE=full; set by the pool's init
         self._nothing_to_reset = False
         self._listened = False  # add_listener ran: the server holds a LISTEN to undo
+        self._socket_events: select.poll | None = None  # set by watch_socket()
+
+    def watch_socket(self) -> None:
+        """Look at this connection's socket from now on (see `server_went_away`)."""
+        # asyncpg keeps the transport private (tests/test_connection.py pins it).
+        transport: asyncio.Transport = self._transport  # type: ignore[attr-defined]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            events = select.poll()
+            events.register(sock.fileno(), select.POLLIN | select.POLLRDHUP)
+            self._socket_events = events
+
+    def server_went_away(self) -> bool:
+        """The server wrote to or closed this idle connection: it must not be lent.
+
+        An idle connection receives nothing unless its server is ending it (a shutdown's
+        FATAL 57P01, then the close) and the event loop has not read that yet: under load,
+        a connection can be lent in between, and its query then fails. One poll(2) without
+        waiting and without a round trip, as pgx's CheckConn reads the socket before
+        lending. Anything pending (data, the peer's close, an error) counts as gone.
+        """
+        events = self._socket_events
+        return events is not None and bool(events.poll(0))
 
     def skip_next_reset(self) -> None:
         """Only `SELECT 1` ran since acquire: release without the reset round trip.
@@ -85,6 +119,62 @@ class Connection(asyncpg.Connection):
         super().terminate()
 
 
+# The connection or the server is gone: class 08 (connection exceptions), 57P01-57P05
+# (shutdown, crash, cannot connect now, database dropped, idle session timeout), a socket
+# error, or asyncpg's protocol state broken by one of these (InternalClientError).
+GONE = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.DatabaseDroppedError,
+    asyncpg.IdleSessionTimeoutError,
+    asyncpg.InternalClientError,
+)
+# InterfaceErrors about what the caller passed or asked for: the connection is fine.
+CALLER_ERRORS = (
+    asyncpg.DataError,
+    asyncpg.ClientConfigurationError,
+    asyncpg.UnsupportedClientFeatureError,
+    asyncpg.UnsupportedServerFeatureError,
+)
+
+
+def behind(con: PoolConnectionProxy[Any]) -> asyncpg.Connection | None:
+    """The connection behind a pool's proxy; None once asyncpg took it back (it died while
+    lent: the proxy then refuses every call). A private field (tests/test_connection.py
+    pins it)."""
+    raw: asyncpg.Connection | None = con._con  # type: ignore[attr-defined]
+    return raw
+
+
+def connection_gone(exc: BaseException, con: PoolConnectionProxy[Any]) -> bool:
+    """Whether `exc`, raised while `con` was lent, means the connection or its server is gone.
+
+    By its class, or by what it left behind: any other driver error after which the
+    connection is closed (a FATAL the server ended the session with, for one).
+    """
+    if isinstance(exc, GONE):
+        return True
+    if not isinstance(exc, asyncpg.InterfaceError | asyncpg.PostgresError):
+        return False
+    raw = behind(con)
+    return raw is None or raw.is_closed()
+
+
+def discard(con: PoolConnectionProxy[Any]) -> None:
+    """Close a lent connection at once, never to be reused; never raises.
+
+    Once asyncpg has taken a dead connection back, its proxy refuses every call: there
+    is nothing left to close then.
+    """
+    raw = behind(con)
+    if raw is not None and not raw.is_closed():
+        with contextlib.suppress(Exception):
+            raw.terminate()
+
+
 def classify(exc: BaseException) -> DbState:
     """One word for why the database is not usable; never the exception's text."""
     if isinstance(exc, TimeoutError):
@@ -98,14 +188,7 @@ def classify(exc: BaseException) -> DbState:
         return DbState.UNKNOWN_DATABASE
     if isinstance(exc, asyncpg.CannotConnectNowError | asyncpg.TooManyConnectionsError):
         return DbState.UNAVAILABLE
-    if isinstance(
-        exc,
-        OSError
-        | asyncpg.PostgresConnectionError
-        | asyncpg.InterfaceError
-        | asyncpg.AdminShutdownError
-        | asyncpg.CrashShutdownError,
-    ):
+    if isinstance(exc, (*GONE, asyncpg.InterfaceError)):
         return DbState.DISCONNECTED
     return DbState.ERROR
 

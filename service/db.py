@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -18,12 +17,16 @@ from asyncpg.connection import LoggedQuery
 from asyncpg.pool import PoolConnectionProxy
 
 from .connection import (
+    CALLER_ERRORS,
     CLIENT_DISCONNECTED,
     Connection,
     DatabaseUnavailable,
     QueryTimeout,
     ServerRefusesWrites,
+    behind,
     classify,
+    connection_gone,
+    discard,
     refuses_writes,
 )
 from .histogram import Histogram
@@ -47,6 +50,9 @@ READY_QUERY = "SELECT NOT pg_is_in_recovery() AND current_setting('transaction_r
 APPLICATION_NAME = "service"
 RETRY_FIRST_DELAY = 0.25
 RETRY_MAX_DELAY = 5.0
+# A server that refuses writes is usually mid-switchover behind one address (a proxy, a
+# DNS name): retried quickly, so writes resume within a second of it routing to a primary.
+READ_ONLY_MAX_DELAY = 0.5
 LIFETIME_SPREAD = 0.05  # DB_POOL_MAX_LIFETIME less up to 5 %, as psycopg_pool does
 # Seconds a timed-out or cancelled query gets to be cancelled on the server before its
 # connection is closed; the pool does not replace it meanwhile (no orphan beside a new one).
@@ -58,8 +64,6 @@ HELD_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0)
 
 # The wait for a query ended on our side; the query may still run on the server.
 _INTERRUPTED = (asyncio.CancelledError, TimeoutError)
-# The connection itself is broken: closed at once, never reused.
-_BROKEN = (OSError, asyncpg.InterfaceError)
 # The server refuses writes (see refuses_writes): closed, never reused.
 _WRITES_REFUSED = (asyncpg.ReadOnlySQLTransactionError, asyncpg.FeatureNotSupportedError)
 
@@ -123,10 +127,10 @@ class PooledConnection:
         db._waiting += 1
         try:
             if self._timeout is None or db._lent < db._max_size:
-                self._con = await pool.acquire()
+                self._con = await db._lendable(pool)
             else:
                 async with asyncio.timeout(self._timeout):
-                    self._con = await pool.acquire()
+                    self._con = await db._lendable(pool)
         except (
             TimeoutError,
             OSError,
@@ -176,10 +180,13 @@ class PooledConnection:
             if exc.args == (CLIENT_DISCONNECTED,):
                 db._cancelled["disconnect"] += 1
             return
+        gone = exc is not None and connection_gone(exc, con)
         writes_refused = False
         try:
-            if exc is not None and isinstance(exc, _BROKEN):
-                con.terminate()  # the socket is gone: nothing to cancel, nothing to reuse
+            if gone or (
+                isinstance(exc, asyncpg.InterfaceError) and not isinstance(exc, CALLER_ERRORS)
+            ):
+                discard(con)  # broken, or misused: nothing to cancel, nothing to reuse
             elif (
                 exc is not None
                 and isinstance(exc, _WRITES_REFUSED)
@@ -195,14 +202,17 @@ class PooledConnection:
                 # DB_POOL_MAX_LIFETIME (SQLAlchemy's pool_recycle): retire old connections
                 # at release, so the caller never waits for the replacement.
                 await con.close(timeout=db._settings.close_timeout)
-            await pool.release(con)
+            await pool.release(con)  # nothing to do for a connection asyncpg took back
         except Exception:
             # The reset or close failed (the server went away meanwhile): the connection is
             # dropped, and the handler's own outcome stands.
-            if not con.is_closed():
-                con.terminate()
+            discard(con)
         finally:
             db._lent -= 1
+        if gone:
+            # The server or the network ended it under the handler: 503, never a 500.
+            db._lost_in_use()
+            raise DatabaseUnavailable(DbState.DISCONNECTED) from exc
         if writes_refused:
             raise DatabaseUnavailable(DbState.READ_ONLY) from exc
 
@@ -255,6 +265,8 @@ class PoolStats:
     held_seconds: Histogram  # time a caller held one
     cancelled: dict[str, int]  # queries cancelled on the server, by reason
     writes_refused: int  # handler queries refused as read-only (25006): connection closed
+    broken_in_use: int  # lent connections the server or network ended under a handler (503)
+    stale_discarded: int  # idle connections the server had ended, closed instead of lent
     replica_fallbacks: dict[str, int]  # read_only=True connections the primary served, by why
     replica: ReplicaStats | None  # None: no DATABASE_REPLICA_URL
 
@@ -321,6 +333,9 @@ class Database:
         self._releasing: set[asyncio.Task[None]] = set()  # cancelled queries being released
         self._retiring: set[asyncio.Task[bool]] = set()  # pools left for a server refusing writes
         self._writes_refused_count = 0
+        self._broken_in_use = 0  # lent connections that died under their handler (503)
+        self._stale_discarded = 0  # idle connections the server had ended, not lent
+        self._confirming: asyncio.Task[DbState] | None = None  # a check after such a death
         self._replica_fallbacks = dict.fromkeys(FALLBACK_REASONS, 0)
         self._replica: Database | None = None
         self._monitor: ReplicaMonitor | None = None
@@ -374,6 +389,8 @@ class Database:
             held_seconds=self._held_seconds.copy(),
             cancelled=dict(self._cancelled),
             writes_refused=self._writes_refused_count,
+            broken_in_use=self._broken_in_use,
+            stale_discarded=self._stale_discarded,
             replica_fallbacks=dict(self._replica_fallbacks),
             replica=replica,
         )
@@ -449,6 +466,8 @@ class Database:
             self._connector.cancel()
             await asyncio.gather(self._connector, return_exceptions=True)
         self._readiness.cancel()
+        if self._confirming is not None:
+            await asyncio.gather(self._confirming, return_exceptions=True)
         pool, self._pool = self._pool, None
         if self._retiring:  # each bounded by close_timeout
             await asyncio.gather(*self._retiring, return_exceptions=True)
@@ -500,6 +519,34 @@ class Database:
 
     # -- the pool's life -----------------------------------------------------------------
 
+    async def _lendable(self, pool: asyncpg.Pool) -> PoolConnectionProxy[asyncpg.Record]:
+        """A pooled connection whose server has not written to or closed it meanwhile.
+
+        One that has (the server is shutting down or killed its backend) is closed here
+        and the next one taken; a closed slot reconnects. Bounded: past a pool's worth of
+        dead ones, the server is taken as gone.
+        """
+        for _ in range(self._max_size + 1):
+            con = await pool.acquire()
+            if not cast(Connection, behind(con)).server_went_away():  # not via the proxy
+                return con
+            self._stale_discarded += 1
+            discard(con)
+        raise asyncpg.ConnectionDoesNotExistError("the server closed every pooled connection")
+
+    def _lost_in_use(self) -> None:
+        """A lent connection died under its handler: counted; readiness looks again now.
+
+        No log line per request: if the server is gone, the check logs `db.lost` once, and
+        replaces every idle connection.
+        """
+        self._broken_in_use += 1
+        if self._state != DbState.CONNECTED or self._closing:
+            return
+        if self._confirming is None or self._confirming.done():
+            loop = asyncio.get_running_loop()
+            self._confirming = loop.create_task(self.check(), name=f"{self._name}-confirm")
+
     def _release_later(self, pool: asyncpg.Pool, con: PoolConnectionProxy[asyncpg.Record]) -> None:
         """Release after the server confirms the cancel, within CANCEL_TIMEOUT, else close.
 
@@ -519,9 +566,7 @@ class Database:
             # asyncpg terminated it: a hung server never confirmed the cancel. A proxy the
             # pool already took back (an expired connection whose close timed out) is
             # detached and refuses every call; its connection was aborted then.
-            with contextlib.suppress(asyncpg.InterfaceError):
-                if not con.is_closed():
-                    con.terminate()
+            discard(con)
         finally:
             self._lent -= 1
 
@@ -566,6 +611,7 @@ class Database:
         con = cast(Connection, connection)  # connection_class=Connection
         self._opened += 1
         con.full_reset = self._settings.reset_on_release == "full"
+        con.watch_socket()
         if self._settings.slow_query_ms > 0:
             con.add_query_logger(self._log_if_slow)
         if self._max_lifetime > 0:
@@ -597,16 +643,21 @@ class Database:
             self._lost += 1  # the server or the network closed it
 
     async def _connect_forever(self) -> None:
-        delay = RETRY_FIRST_DELAY
+        delay, logged = RETRY_FIRST_DELAY, 0.0
         while not self._closing:
             try:
                 pool = await self._connect_once()
             except Exception as exc:
-                self._set_state(classify(exc))
-                jittered = delay * random.uniform(0.8, 1.2)
-                log.info("%s.retry in %.1fs", self._name, jittered)
-                await asyncio.sleep(jittered)
-                delay = min(delay * 2, RETRY_MAX_DELAY)
+                reason = classify(exc)
+                if reason != self._state:
+                    delay = RETRY_FIRST_DELAY  # a new kind of failure starts over
+                self._set_state(reason)
+                if delay != logged:  # once per step of the backoff, not per attempt
+                    log.info("%s.retry in %.1fs", self._name, delay)
+                    logged = delay
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                ceiling = READ_ONLY_MAX_DELAY if reason == DbState.READ_ONLY else RETRY_MAX_DELAY
+                delay = min(delay * 2, ceiling)
                 continue
             self._pool = pool
             self._set_state(DbState.CONNECTED)

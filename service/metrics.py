@@ -212,6 +212,16 @@ class PoolCollector(Collector):
             "Handler queries refused as read-only (SQLSTATE 25006): connection closed, 503.",
             stats.writes_refused,
         )
+        yield CounterMetricFamily(
+            "db_connections_broken_in_use",
+            "Lent connections the server or the network ended under a handler (answered 503).",
+            stats.broken_in_use,
+        )
+        yield CounterMetricFamily(
+            "db_connections_stale_discarded",
+            "Idle connections the server had already ended, closed at acquire instead of lent.",
+            stats.stale_discarded,
+        )
         yield _by_label(
             "db_replica_fallbacks",
             "read_only=True connections the primary served: not_configured, unavailable, lag.",

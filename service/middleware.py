@@ -7,8 +7,10 @@ request, and both jobs need the same wrapped `send` (docs/performance.md).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .disconnect import SCOPE_KEY, WATCH_AFTER, Sweeper, Watch
@@ -16,6 +18,11 @@ from .metrics import Metrics
 
 CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer
 UNMATCHED = "unmatched"  # the route label of a path no route knows: no raw paths as labels
+
+log = logging.getLogger("service.app")
+
+
+SERVER_ERROR = JSONResponse({"error": "internal server error"}, status_code=500)
 
 
 def route_template(scope: Scope) -> str | None:
@@ -28,6 +35,10 @@ class RequestMiddleware:
 
     The watch (service/disconnect.py) cancels a handler holding a database connection when
     the client disconnects before the response starts; the request then counts as 499.
+
+    An exception no handler answered becomes a 500 here, its traceback logged: past this
+    layer, Starlette would answer and re-raise, and uvicorn would then close the HTTP
+    connection, leaving any request the client already sent on it without an answer.
     """
 
     def __init__(self, app: ASGIApp, metrics: Metrics, watch_after: float = WATCH_AFTER) -> None:
@@ -58,6 +69,15 @@ class RequestMiddleware:
             if not watch.fired or handler.uncancel() > 0:
                 raise
             # Our own cancellation: the client is gone, there is nobody to answer.
+        except Exception:
+            if watch.started:
+                raise  # a response half sent: only closing the connection ends it
+            log.exception(
+                "http.unhandled_error method=%s route=%s",
+                scope["method"],
+                route_template(scope) or UNMATCHED,
+            )
+            await SERVER_ERROR(scope, watch.receive, send_status)
         finally:
             # Drop the watch from the scope: it holds the server's receive, whose cycle holds
             # the scope; left there, every request would leave a cycle for the collector.
