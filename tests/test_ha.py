@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import httpx
@@ -25,7 +26,9 @@ from tests.support.apps import running, started, test_settings
 from tests.support.cluster import Cluster, Pair
 from tests.support.pgbouncer import BINARY, MISSING, pgbouncer
 from tests.support.polling import wait_until, wait_until_async
-from tests.support.process import READY
+from tests.support.process import READY, ServiceProcess
+from tests.support.proxy import TcpProxy
+from tests.support.writes import WriteLoad, create_table
 
 pytestmark = pytest.mark.fault
 READ_ONLY_BODY = {"ready": False, "dependencies": {"db": "read_only", "redis": "unknown"}}
@@ -155,6 +158,10 @@ async def test_target_session_attrs_any_on_a_standby_is_read_only_and_never_flap
     messages = [r.getMessage() for r in caplog.records]
     assert "db.unavailable reason=read_only" in messages
     assert not [m for m in messages if m.startswith("db.connected")]
+    # A server refusing writes is retried quickly (a switchover behind one address is
+    # short), and the retry is logged once per step of the backoff, not per attempt.
+    delays = [m.removeprefix("db.retry in ") for m in messages if m.startswith("db.retry")]
+    assert delays == ["0.2s", "0.5s"]
 
 
 @pytest.mark.skipif(BINARY is None, reason=MISSING)
@@ -198,6 +205,53 @@ async def test_a_write_refused_by_a_standby_answers_503_and_closes_its_connectio
             async with database.connection(), database.connection():
                 pass
             assert database.stats().opened == opened_before + 1
+
+
+# -- writes in flight through a switchover ---------------------------------------------
+
+
+WRITES_APP = "tests.support.writes:app"
+
+
+def _no_500_no_silence(load: WriteLoad, service: ServiceProcess) -> None:
+    statuses = load.statuses()
+    assert set(statuses) <= {200, 503}, f"{statuses}\n{service.output()}"
+    assert statuses[503] >= 1  # the switchover did reach the writes
+
+
+def test_writes_through_a_switchover_get_a_503_never_a_500_or_nothing(ha_pair: Pair) -> None:
+    old, new = ha_pair.primary, ha_pair.standby
+    create_table(old.url())
+    url = ha_pair.url(new, old)  # multi-host: follows the new primary by itself
+    with ServiceProcess(url, app=WRITES_APP, capture_output=True) as service:
+        service.start()
+        with WriteLoad(service.port) as load:
+            wait_until(lambda: load.statuses()[200] >= 20, "writes to flow")
+            ha_pair.switchover()
+            after = time.monotonic()
+            wait_until(lambda: load.first_success(after) is not None, "a write on the new primary")
+        _no_500_no_silence(load, service)
+
+
+def test_writes_through_a_switchover_behind_one_address_resume_on_the_new_primary(
+    ha_pair: Pair,
+) -> None:
+    """A proxy in front (HAProxy with shutdown-sessions): the old primary comes back as a
+    standby behind the same address (503 read_only) until the proxy routes to the new one."""
+    old, new = ha_pair.primary, ha_pair.standby
+    create_table(old.url())
+    with TcpProxy(old.port) as proxy:
+        url = f"postgresql://postgres@127.0.0.1:{proxy.port}/postgres"
+        with ServiceProcess(url, app=WRITES_APP, capture_output=True) as service:
+            service.start()
+            with WriteLoad(service.port) as load:
+                wait_until(lambda: load.statuses()[200] >= 20, "writes to flow")
+                ha_pair.switchover()  # the proxy still routes to `old`, a standby now
+                wait_until(lambda: service.get(READY) == 503, "readiness to say read_only")
+                proxy.switch(new.port)
+                switched = time.monotonic()
+                wait_until(lambda: load.first_success(switched) is not None, "a write again")
+            _no_500_no_silence(load, service)
 
 
 # -- read replicas ---------------------------------------------------------------------

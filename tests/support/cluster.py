@@ -288,8 +288,10 @@ class Pair:
         self.primary = Cluster(workdir / "ha-a").init(template=template).start()
         self.standby = Cluster(workdir / "ha-b").base_backup(self.primary).start()
 
-    def switchover(self) -> None:
-        switchover(self.primary, self.standby)
+    def switchover(
+        self, *, stopped: Callable[[], None] = _nothing, promoted: Callable[[], None] = _nothing
+    ) -> None:
+        switchover(self.primary, self.standby, stopped=stopped, promoted=promoted)
         self.primary, self.standby = self.standby, self.primary
 
     def url(self, *clusters: Cluster, **params: str) -> str:
