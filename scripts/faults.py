@@ -5,12 +5,14 @@ client that disconnects) is gone from the server.
 Starts a throwaway cluster (tests/support/cluster.py) and the real service
 (tests/support/process.py), breaks the cluster in each way and times the probes from
 outside, like a kubelet would; then a primary with a streaming standby, two services (a
-multi-host URL, and a single-host URL on the primary) and a switchover. Run through
-`scripts/faults`.
+multi-host URL, and a single-host URL on the primary) and a switchover; then switchovers
+with writes in flight (answers by status, time to the first good write). Run through
+`scripts/faults` (`--only-writes --switchovers 20` for just the last part, 20 times).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -19,6 +21,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -29,6 +32,8 @@ from tests.support.cluster import Cluster, Pair
 from tests.support.cluster import switchover as switchover_clusters
 from tests.support.polling import wait_until
 from tests.support.process import READY, ServiceProcess
+from tests.support.proxy import TcpProxy
+from tests.support.writes import WriteLoad, create_table
 
 PROBES = 20
 
@@ -146,7 +151,103 @@ def switchover(work: Path, rows: list[str]) -> None:
         pair.destroy()
 
 
+WRITES_APP = "tests.support.writes:app"
+
+
+def _word(service: ServiceProcess) -> str:
+    return probe(service)[1]
+
+
+def _ms(seconds: list[float]) -> str:
+    ms = [s * 1000 for s in seconds]
+    return f"{statistics.median(ms):.0f} / {max(ms):.0f}"
+
+
+def _answers(counts: Counter[str]) -> str:
+    return ", ".join(f"{answer} × {n}" for answer, n in sorted(counts.items()))
+
+
+def _one_write_switchover(
+    pair: Pair, proxy: TcpProxy, multi: ServiceProcess, single: ServiceProcess
+) -> tuple[Counter[str], Counter[str], float, float]:
+    """One switchover under load: both services' answers, and seconds to the first good
+    write (multi-host: from promotion; proxied: from the proxy routing to the new primary)."""
+    with WriteLoad(multi.port) as multi_load, WriteLoad(single.port) as proxy_load:
+        wait_until(
+            lambda: min(multi_load.statuses()[200], proxy_load.statuses()[200]) >= 20,
+            "writes to flow",
+        )
+        promoted: list[float] = []
+        pair.switchover(promoted=lambda: promoted.append(time.monotonic()))
+        wait_until(lambda: _word(single) == "read_only", "the proxied service to say read_only")
+        proxy.switch(pair.primary.port)
+        switched = time.monotonic()
+        multi_first = wait_until(lambda: multi_load.first_success(promoted[0]), "a write (multi)")
+        proxy_first = wait_until(lambda: proxy_load.first_success(switched), "a write (proxy)")
+    return multi_load.answers(), proxy_load.answers(), multi_first, proxy_first
+
+
+def write_switchovers(work: Path, rows: list[str], count: int) -> None:
+    """Switchovers with writes in flight, as a real HA stack sees them: two services at
+    once, one on a multi-host URL, one behind a single address (a TCP proxy that, like
+    HAProxy with `on-marked-down shutdown-sessions`, closes every session when it starts
+    routing to the new primary). Each under 6 writers (2 holding their transaction 0.2 s)."""
+    pair = Pair(work / "ha-writes")
+    create_table(pair.primary.url())
+    pair.primary.wait_streaming_to(pair.standby)
+    multi_answers: Counter[str] = Counter()
+    proxy_answers: Counter[str] = Counter()
+    after_promotion: list[float] = []
+    after_switch: list[float] = []
+    with TcpProxy(pair.primary.port) as proxy:
+        url = f"postgresql://postgres@127.0.0.1:{proxy.port}/postgres"
+        multi = ServiceProcess(pair.url(pair.standby, pair.primary), app=WRITES_APP)
+        single = ServiceProcess(url, app=WRITES_APP)
+        try:
+            multi.start()
+            single.start()
+            for _ in range(count):
+                answers, proxied, multi_first, proxy_first = _one_write_switchover(
+                    pair, proxy, multi, single
+                )
+                multi_answers += answers
+                proxy_answers += proxied
+                after_promotion.append(multi_first)
+                after_switch.append(proxy_first)
+        finally:
+            multi.stop()
+            single.stop()
+            pair.destroy()
+    rows.append(f"\n| {count} switchovers, writes in flight | answers | first good write ms |")
+    rows.append("|---|---|---|")
+    rows.append(
+        f"| multi-host URL | {_answers(multi_answers)} | "
+        f"{_ms(after_promotion)} (median / max) after promotion |"
+    )
+    rows.append(
+        f"| one address (proxy; sessions shut down at the switch) | {_answers(proxy_answers)} | "
+        f"{_ms(after_switch)} (median / max) after the proxy routes to the new primary |"
+    )
+
+
 def main() -> int:
+    parser = argparse.ArgumentParser(prog="scripts/faults", description=__doc__)
+    parser.add_argument(
+        "--switchovers", type=int, default=3, help="switchovers with writes in flight (3)"
+    )
+    parser.add_argument(
+        "--only-writes", action="store_true", help="only the switchovers with writes in flight"
+    )
+    args = parser.parse_args()
+    if args.only_writes:
+        work = Path(tempfile.mkdtemp(prefix="service-faults-"))
+        rows: list[str] = []
+        try:
+            write_switchovers(work, rows, args.switchovers)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        print("\n".join(rows))
+        return 0
     work = Path(tempfile.mkdtemp(prefix="service-faults-"))
     cluster = Cluster(work / "pg").init().start()
     service = ServiceProcess(cluster.url())
@@ -177,6 +278,7 @@ def main() -> int:
         switchover(work, rows)
         rows.append(sigterm)
         rows.extend(cancelled)
+        write_switchovers(work, rows, args.switchovers)
     finally:
         service.stop()
         cluster.destroy()
