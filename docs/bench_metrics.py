@@ -22,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service.app import create_app
+from service import create_app
 from tests.support.apps import running, test_settings
 from tests.support.cluster import Cluster
 

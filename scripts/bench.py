@@ -38,7 +38,8 @@ import asyncpg  # noqa: E402
 import psycopg  # noqa: E402
 from bench_apps import READ, ROWS, SETUP  # noqa: E402 - beside this file
 
-from service.db import Database, pool_arguments  # noqa: E402
+from service.db import Database  # noqa: E402
+from service.db.pool import pool_arguments  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from tests.support.process import HEALTH, READY, ServiceProcess  # noqa: E402
 from tests.support.servers import throwaway_database  # noqa: E402

@@ -9,15 +9,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .app import create_app, db_connection
     from .settings import Settings
+    from .web.app import create_app, db_connection
 
 __all__ = ["Settings", "create_app", "db_connection"]
 
 
 def __getattr__(name: str) -> Any:
     if name in ("create_app", "db_connection"):
-        from . import app
+        from .web import app
 
         return getattr(app, name)
     if name == "Settings":

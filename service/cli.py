@@ -6,43 +6,17 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from . import migrate_cli
+from .migrations import cli as migrate_cli
 from .settings import Settings, SettingsError
 
 EXIT_USAGE = 2
-DEFAULT_APP = "service.app:create_app"
+DEFAULT_APP = "service.web.app:create_app"
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
-    import uvicorn
-    from uvicorn.importer import ImportFromStringError, import_from_string
+    from .web.serve import serve
 
-    from .http import BoundedHttpToolsProtocol
-    from .logs import log_config
-    from .tracing import check_installed
-
-    check_installed(settings)
-    try:
-        import_from_string(args.app)  # a typo is one line here, not uvicorn's log and exit 1
-    except ImportFromStringError as exc:
-        raise SettingsError(f"--app {args.app}: {exc}") from None
-    uvicorn.run(
-        args.app,
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        loop="uvloop",
-        http=BoundedHttpToolsProtocol,  # httptools, with the request head bounded
-        log_config=log_config(settings.log_level, settings.log_format),
-        access_log=settings.access_log,
-        # Typed int, but uvicorn only passes it to asyncio.wait_for, which takes a float.
-        timeout_graceful_shutdown=settings.shutdown_timeout,  # type: ignore[arg-type]
-        lifespan="on",
-        proxy_headers=False,
-        server_header=False,
-    )
-    return 0
+    return serve(settings, args.app)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -29,11 +29,9 @@ class DatabaseURL:
 
     `value` is None when DATABASE_URL is unset: the drivers then use the libpq
     defaults (PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE, then localhost:5432).
-    `default_session_attrs` applies when the URL names no `target_session_attrs`.
     """
 
     value: str | None = field(repr=False)
-    default_session_attrs: str = field(default="read-write", repr=False)
 
     @classmethod
     def parse(cls, raw: str | None, name: str = "DATABASE_URL") -> DatabaseURL:
@@ -53,15 +51,12 @@ class DatabaseURL:
         return cls(f"{normal}://{rest}")
 
     @property
-    def is_default(self) -> bool:
-        return self.value is None
-
-    @property
-    def target_session_attrs(self) -> str:
-        """The URL's own target_session_attrs, else the default (DB_TARGET_SESSION_ATTRS)."""
+    def target_session_attrs(self) -> str | None:
+        """The URL's own target_session_attrs, if it names one (Settings.session_attrs
+        applies the default)."""
         if self.value is None:
-            return self.default_session_attrs
-        return self._parts().param("target_session_attrs") or self.default_session_attrs
+            return None
+        return self._parts().param("target_session_attrs")
 
     def _parts(self) -> _URLParts:
         assert self.value is not None
@@ -90,12 +85,6 @@ class DatabaseURL:
             query = rest + (("host", quote(name, safe="")),) + ((("port", port),) if port else ())
             urls.append(replace(parts, query=query).unsplit(parts.userinfo))
         return tuple(urls)
-
-    def with_scheme(self, scheme: str) -> str | None:
-        """The URL with another scheme (yoyo wants postgresql+psycopg://)."""
-        if self.value is None:
-            return None
-        return scheme + self.value[len("postgresql") :]
 
     def with_database(self, database: str) -> DatabaseURL:
         """The same server and credentials, another database (tests, bench)."""

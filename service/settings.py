@@ -184,13 +184,12 @@ class Settings:
     log_format: str = setting("LOG_FORMAT", _choice("text", "json"), "text")
     access_log: bool = setting("ACCESS_LOG", _boolean, True)
 
-    def __post_init__(self) -> None:
-        # The URL's own target_session_attrs wins; DB_TARGET_SESSION_ATTRS fills in.
-        url = replace(self.database_url, default_session_attrs=self.target_session_attrs)
-        object.__setattr__(self, "database_url", url)
-        if self.replica_url is not None:
-            replica = replace(self.replica_url, default_session_attrs=REPLICA_SESSION_ATTRS)
-            object.__setattr__(self, "replica_url", replica)
+    @property
+    def session_attrs(self) -> str:
+        """Which server of the URL's hosts to use. The one rule: the URL's own
+        target_session_attrs wins; DB_TARGET_SESSION_ATTRS fills in (prefer-standby for a
+        replica, see for_replica)."""
+        return self.database_url.target_session_attrs or self.target_session_attrs
 
     def for_replica(self) -> Settings:
         """The same pool settings on DATABASE_REPLICA_URL (which must be set)."""

@@ -30,8 +30,9 @@ from typing import Any
 import pytest
 
 from service.db import Database
+from service.migrations import Target
 from service.migrations import apply as apply_migrations
-from service.settings import DatabaseURL, Settings
+from service.settings import Settings
 from tests.support.apps import test_settings
 from tests.support.cluster import Cluster, Pair
 from tests.support.servers import RUNG_DESCRIPTIONS, Server, rung, throwaway_server
@@ -156,7 +157,7 @@ def server(workdir: Path, cluster_template: Path) -> Iterator[Server]:
 def template_database(server: Server) -> Iterator[str]:
     """Migrated once; every test database is a clone of it."""
     name = server.create_database()
-    apply_migrations(DatabaseURL.parse(server.url(name)))
+    apply_migrations(Target.parse(server.url(name)))
     yield name
     server.drop_database(name)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import sys
 from pathlib import Path
@@ -148,6 +149,20 @@ async def test_full_lifecycle_opens_and_closes_every_connection(settings: Settin
             (dbname, "service"),
         ).fetchone()
     assert left == (0,)
+
+
+async def test_building_and_running_the_app_leave_the_process_as_it_was(
+    settings: Settings,
+) -> None:
+    # The garbage collector's tuning belongs to the serve command (service/web/serve.py):
+    # tests and other ASGI servers embed the app.
+    before = (gc.get_threshold(), gc.get_freeze_count())
+    app = create_app(settings)
+    async with running(app) as client:
+        await started(app)
+        assert (await client.get("/api/v1/ready")).status_code == 200
+        assert (gc.get_threshold(), gc.get_freeze_count()) == before
+    assert (gc.get_threshold(), gc.get_freeze_count()) == before
 
 
 async def test_one_pool_per_app(database_url: str) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from service import cli
-from service.http import BoundedHttpToolsProtocol
+from service.web.http import BoundedHttpToolsProtocol
 
 SECRET = "do-not-print-me"
 
@@ -90,8 +90,9 @@ def test_the_migrate_command_loads_neither_the_app_nor_asyncpg() -> None:
     [
         ("nosuch:app", 'error: --app nosuch:app: Could not import module "nosuch".\n'),
         (
-            "service.app:nope",
-            'error: --app service.app:nope: Attribute "nope" not found in module "service.app".\n',
+            "service.web.app:nope",
+            'error: --app service.web.app:nope: Attribute "nope" not found in module '
+            '"service.web.app".\n',
         ),
         (
             "bad",

@@ -19,7 +19,8 @@ import psycopg
 import pytest
 
 from service import cli
-from service.db import Database, pool_arguments
+from service.db import Database
+from service.db.pool import pool_arguments
 from service.settings import DatabaseURL, Settings, SettingsError
 from tests.support.apps import test_settings
 from tests.support.cluster import free_port
@@ -171,11 +172,11 @@ def test_libpq_forms_are_accepted_and_redacted(url: str, redacted: str) -> None:
 
 
 def test_target_session_attrs_default_setting_and_url() -> None:
-    assert from_env().database_url.target_session_attrs == "read-write"
-    assert from_env(DB_TARGET_SESSION_ATTRS="Any").database_url.target_session_attrs == "any"
+    assert from_env().session_attrs == "read-write"
+    assert from_env(DB_TARGET_SESSION_ATTRS="Any").session_attrs == "any"
     url = "postgresql://db1,db2/app?target_session_attrs=prefer-standby"
     settings = from_env(DATABASE_URL=url, DB_TARGET_SESSION_ATTRS="any")
-    assert settings.database_url.target_session_attrs == "prefer-standby"
+    assert settings.session_attrs == "prefer-standby"
     assert pool_arguments(settings)["target_session_attrs"] == "prefer-standby"
     with pytest.raises(SettingsError) as caught:
         from_env(DB_TARGET_SESSION_ATTRS="master")

@@ -10,17 +10,20 @@ import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import psycopg
 import pytest
 
-from service import db as dbmod
-from service.db import Database, DatabaseUnavailable, classify
+from service.db import Database, DatabaseUnavailable, DbState
+from service.db import pool as dbmod
+from service.db.connection import classify
 from service.settings import Settings
-from service.states import DbState
 from tests.support.apps import test_settings
+from tests.support.cluster import free_port
 from tests.support.polling import wait_until_async
+from tests.support.proxy import TcpProxy
 
 # -- pool (the original "engine" class: creation, settings, one per app) ----------------
 
@@ -220,14 +223,24 @@ async def test_concurrent_connections_are_distinct_and_bounded(database_url: str
 
 
 async def test_state_changes_are_logged_once(
-    database: Database, caplog: pytest.LogCaptureFixture
+    database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="service.db")
-    database._set_state(DbState.DISCONNECTED)
-    database._set_state(DbState.DISCONNECTED)
-    database._set_state(DbState.CONNECTED)
-    database._set_state(DbState.CONNECTED)
-    messages = [r.getMessage() for r in caplog.records]
+    parts = urlsplit(database_url)
+    port = parts.port or 5432
+    with TcpProxy(port) as proxy:
+        who = parts.netloc.rpartition("@")[0]
+        url = parts._replace(netloc=f"{who}@127.0.0.1:{proxy.port}").geturl()
+        async with Database(test_settings(url)) as database:
+            assert await database.wait_connected(10)
+            caplog.set_level(logging.INFO, logger="service.db")
+            proxy.switch(free_port())  # every session closed; nothing listens there
+            assert await database.check() == DbState.DISCONNECTED
+            assert await database.check() == DbState.DISCONNECTED
+            proxy.switch(port)
+            assert await database.check() == DbState.CONNECTED
+            assert await database.check() == DbState.CONNECTED
+    ours = [r for r in caplog.records if r.name == "service.db"]
+    messages = [r.getMessage() for r in ours if r.getMessage() != "db.closed"]
     assert messages == ["db.lost reason=disconnected", "db.connected pool_size=1"]
 
 
@@ -266,7 +279,6 @@ async def test_query_parameters_such_as_sslmode_keep_working(database_url: str) 
 async def test_unset_url_connects_with_the_libpq_variables(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from urllib.parse import urlsplit
 
     parts = urlsplit(database_url)
     monkeypatch.setenv("PGHOST", parts.hostname or "")
@@ -275,7 +287,7 @@ async def test_unset_url_connects_with_the_libpq_variables(
     monkeypatch.setenv("PGPASSWORD", parts.password or "")
     monkeypatch.setenv("PGDATABASE", parts.path.lstrip("/"))
     settings = test_settings(None)
-    assert settings.database_url.is_default
+    assert settings.database_url.value is None
     async with Database(settings) as database:
         assert await database.wait_connected(10)
         async with database.connection() as con:

@@ -21,10 +21,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from service import create_app, db_connection
-from service.connection import DatabaseUnavailable, behind
-from service.db import Database
+from service.db import Database, DbState
+from service.db.connection import DatabaseUnavailable, behind
 from service.settings import Settings
-from service.states import DbState
 from tests.support.apps import running, started, test_settings
 from tests.support.cluster import Cluster
 from tests.support.polling import wait_until, wait_until_async

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from service.db import CLIENT_DISCONNECTED
-from service.disconnect import Sweeper, Watch
+from service.db.connection import CLIENT_DISCONNECTED
+from service.web.disconnect import DisconnectWatch, Sweeper
 from tests.support.polling import wait_until_async
 
 
@@ -24,8 +24,10 @@ class Channel:
         return await self.queue.get()
 
 
-async def _handler_holding(watch_box: list[Watch], sweeper: Sweeper, channel: Channel) -> None:
-    watch = Watch(sweeper, channel, asyncio.current_task())  # type: ignore[arg-type]
+async def _handler_holding(
+    watch_box: list[DisconnectWatch], sweeper: Sweeper, channel: Channel
+) -> None:
+    watch = DisconnectWatch(sweeper, channel, asyncio.current_task())  # type: ignore[arg-type]
     watch_box.append(watch)
     watch.hold()
     try:
@@ -50,7 +52,7 @@ async def test_a_handler_holding_a_connection_across_two_sweeps_is_cancelled_on_
 
 async def test_a_short_hold_never_starts_a_watch() -> None:
     sweeper, channel = Sweeper(0.01), Channel()
-    watch = Watch(sweeper, channel, asyncio.current_task())  # type: ignore[arg-type]
+    watch = DisconnectWatch(sweeper, channel, asyncio.current_task())  # type: ignore[arg-type]
     for _ in range(5):
         watch.hold()
         await asyncio.sleep(0)
@@ -61,7 +63,7 @@ async def test_a_short_hold_never_starts_a_watch() -> None:
 
 async def test_a_body_the_watch_read_is_handed_to_the_app_and_a_started_response_is_kept() -> None:
     sweeper, channel = Sweeper(0.01), Channel()
-    watch = Watch(sweeper, channel, asyncio.current_task())  # type: ignore[arg-type]
+    watch = DisconnectWatch(sweeper, channel, asyncio.current_task())  # type: ignore[arg-type]
     watch.hold()
     await wait_until_async(lambda: channel.reads == 1, "the watch reading the channel")
     body = {"type": "http.request", "body": b"{}", "more_body": False}

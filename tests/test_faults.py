@@ -125,9 +125,11 @@ async def test_a_probe_connection_closed_after_a_long_hang_raises_nothing_later(
         owned_cluster.pause()
         try:
             assert await _ready_state(client) == (503, "timeout")
-            await wait_until_async(lambda: database._releasing, "the background release")
+            await wait_until_async(lambda: database.stats().releasing, "the background release")
             await wait_until_async(
-                lambda: not database._releasing, "the background release to end", timeout=10
+                lambda: not database.stats().releasing,
+                "the background release to end",
+                timeout=10,
             )
         finally:
             owned_cluster.resume()

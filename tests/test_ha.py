@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from service import create_app, db_connection
-from service.db import Database
+from service.db import Database, Replicas
 from service.settings import DatabaseURL
 from tests.support.apps import running, started, test_settings
 from tests.support.cluster import Cluster, Pair
@@ -67,6 +67,10 @@ def _app(url: str, **overrides: Any) -> Starlette:
 
 def _db(app: Starlette) -> Database:
     return app.state.lifespan_state["db"]
+
+
+def _reads(app: Starlette) -> Replicas:
+    return app.state.lifespan_state["reads"]
 
 
 async def _ready(client: httpx.AsyncClient) -> tuple[int, dict[str, Any]]:
@@ -265,7 +269,7 @@ def _replica_app(pair: Pair, **overrides: Any) -> Starlette:
 
 async def _until_replica(app: Starlette, word: str) -> None:
     await wait_until_async(
-        lambda: _db(app).replica_state == word, f"the replica to be {word}", interval=0.02
+        lambda: _reads(app).word() == word, f"the replica to be {word}", interval=0.02
     )
 
 
@@ -292,12 +296,39 @@ async def test_a_replica_read_runs_on_the_standby(ha_pair: Pair) -> None:
                 "dependencies": {"db": "connected", "db_replica": "connected", "redis": "unknown"},
             },
         )
-        assert _db(app).stats().replica_fallbacks == {
+        assert _reads(app).fallbacks() == {
             "lag": 0,
             "not_configured": 0,
             "unavailable": 0,
         }
         assert await _metric(client, "db_replica_up") == 1
+
+
+async def test_each_pool_counts_only_its_own_connections(ha_pair: Pair) -> None:
+    """Three replica reads held 0.6 s each: the replica's held histogram has them, the
+    primary's has none (its own leases, readiness and lag probes, take milliseconds)."""
+    app = _replica_app(ha_pair)
+
+    async def held(client: httpx.AsyncClient, prefix: str) -> float:
+        above = await _metric(client, f'{prefix}_pool_held_seconds_bucket{{le="1.0"}}')
+        below = await _metric(client, f'{prefix}_pool_held_seconds_bucket{{le="0.5"}}')
+        return above - below
+
+    async with running(app) as client:
+        await started(app)
+        await _until_replica(app, "connected")
+        reads = _reads(app)
+
+        async def read_slowly() -> None:
+            async with reads.connection() as con:
+                assert await con.fetchval("SELECT pg_is_in_recovery()") is True
+                await asyncio.sleep(0.6)
+
+        await asyncio.gather(read_slowly(), read_slowly(), read_slowly())
+        assert await held(client, "db_replica") == 3
+        assert await held(client, "db") == 0
+        assert await _metric(client, "db_replica_pool_size") >= 3
+        assert reads.fallbacks() == {"lag": 0, "not_configured": 0, "unavailable": 0}
 
 
 async def test_a_stopped_replica_sends_reads_to_the_primary_and_is_counted(
@@ -311,7 +342,7 @@ async def test_a_stopped_replica_sends_reads_to_the_primary_and_is_counted(
         try:
             response = await client.get("/server?replica=1")
             assert response.json() == {"port": ha_pair.primary.port, "recovery": False}
-            assert _db(app).stats().replica_fallbacks["unavailable"] == 1
+            assert _reads(app).fallbacks()["unavailable"] == 1
             await _until_replica(app, "disconnected")
             status, body = await _ready(client)
             assert (status, body["dependencies"]["db_replica"]) == (200, "disconnected")
@@ -337,7 +368,7 @@ async def test_a_lagging_replica_sends_reads_to_the_primary(ha_pair: Pair) -> No
             await _until_replica(app, "lagging")
             response = await client.get("/server?replica=1")
             assert response.json() == {"port": ha_pair.primary.port, "recovery": False}
-            assert _db(app).stats().replica_fallbacks["lag"] == 1
+            assert _reads(app).fallbacks()["lag"] == 1
             status, body = await _ready(client)
             assert (status, body["dependencies"]["db_replica"]) == (200, "lagging")
         finally:

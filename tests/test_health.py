@@ -7,9 +7,14 @@ from datetime import datetime
 import pytest
 
 from service import create_app
-from service.health import READY_ANSWERS, READY_ANSWERS_WITH_REPLICA, health_json, wants_health_json
+from service.db import DbState
 from service.settings import Settings
-from service.states import DbState
+from service.web.health import (
+    READY_ANSWERS,
+    READY_ANSWERS_WITH_REPLICA,
+    health_json,
+    wants_health_json,
+)
 from tests.support.apps import running, started, test_settings
 
 HEALTH_JSON = {"accept": "application/health+json"}

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 import uvicorn
 
 from service import create_app
-from service.http import MAX_HEAD_BYTES, BoundedHttpToolsProtocol
+from service.web.http import MAX_HEAD_BYTES, BoundedHttpToolsProtocol
 from tests.support.apps import test_settings
 from tests.support.cluster import free_port
 

@@ -1,8 +1,11 @@
-"""The package's shape: no import cycle between service modules, no script on a test module."""
+"""The package's shape: no import cycle under service/ (nested packages and TYPE_CHECKING
+imports counted), dependencies one way between its parts, no script on a test module."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
@@ -10,35 +13,76 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVICE = ROOT / "service"
 
 
-def _imports(path: Path) -> set[str]:
-    """Sibling modules imported at run time (not under `if TYPE_CHECKING:`)."""
-    tree = ast.parse(path.read_text())
-    typing_only = {
-        id(node)
-        for branch in ast.walk(tree)
-        if isinstance(branch, ast.If) and "TYPE_CHECKING" in ast.unparse(branch.test)
-        for stmt in branch.body
-        for node in ast.walk(stmt)
-    }
+def _module(path: Path) -> str:
+    """`db.pool` for service/db/pool.py, `db` for service/db/__init__.py, `app`, …"""
+    parts = path.relative_to(SERVICE).with_suffix("").parts
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts) or "service"
+
+
+def _imports(path: Path, modules: set[str]) -> set[str]:
+    """Modules of service/ that `path` imports anywhere (TYPE_CHECKING and functions too)."""
+    here = _module(path)
+    package = here if path.name == "__init__.py" else here.rpartition(".")[0]
+    package = "" if package == "service" else package
     found = set()
-    for node in ast.walk(tree):
-        if id(node) in typing_only or not isinstance(node, ast.ImportFrom) or node.level != 1:
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, ast.ImportFrom):
             continue
-        if node.module:
-            found.add(node.module.split(".")[0])
+        if node.level == 0:
+            if not (node.module or "").startswith("service"):
+                continue
+            base = node.module.removeprefix("service").lstrip(".") or "service"
         else:
-            found.update(alias.name for alias in node.names)
-    return found - {"sql"}
+            anchor = package.split(".") if package else []
+            anchor = anchor[: len(anchor) - (node.level - 1)]
+            base = ".".join([*anchor, *([node.module] if node.module else [])]) or "service"
+        for alias in node.names:
+            candidate = f"{base}.{alias.name}" if base != "service" else alias.name
+            found.add(candidate if candidate in modules else base)
+    return (found & modules) - {here, "sql"}
 
 
-def test_no_import_cycle_between_service_modules() -> None:
-    graph = {path.stem: _imports(path) for path in SERVICE.glob("*.py")}
-    assert set().union(*graph.values()) <= set(graph)
+def _graph() -> dict[str, set[str]]:
+    paths = [p for p in SERVICE.rglob("*.py") if "sql" not in p.relative_to(SERVICE).parts]
+    modules = {_module(p) for p in paths}
+    return {_module(p): _imports(p, modules) for p in paths}
+
+
+def test_no_import_cycle_under_service() -> None:
+    graph = _graph()
     try:
         order = list(TopologicalSorter(graph).static_order())
     except CycleError as cycle:  # pragma: no cover - the failure message
         raise AssertionError(f"import cycle: {cycle.args[1]}") from None
-    assert order.index("states") < order.index("db") < order.index("app")
+    assert order.index("backoff") < order.index("migrations.runner")
+
+
+def test_the_parts_depend_one_way() -> None:
+    """web -> db, web -> migrations; db and migrations -> settings; never back."""
+    graph = _graph()
+
+    def part(module: str) -> str:
+        return module.split(".")[0]
+
+    for module, imported in graph.items():
+        for target in imported:
+            if part(module) in ("db", "migrations", "settings", "database_url", "errors"):
+                assert part(target) != "web", f"{module} imports {target}"
+            if part(module) == "migrations":
+                assert part(target) != "db", f"{module} imports {target}"
+            if part(module) == "db":
+                assert part(target) != "migrations", f"{module} imports {target}"
+
+
+def test_the_migrate_command_loads_neither_asyncpg_nor_starlette() -> None:
+    code = (
+        "import sys, service.cli, service.migrations.cli;"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'asyncpg', 'starlette'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]", out.stderr
 
 
 def test_no_script_imports_a_test_module() -> None:

@@ -12,9 +12,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from service import create_app
-from service.metrics import Metrics
-from service.middleware import RequestMiddleware
+from service.db import Replicas
 from service.settings import Settings
+from service.web.metrics import Metrics
+from service.web.middleware import RequestMiddleware
 from tests.support.apps import running, started, test_settings
 from tests.support.cluster import Cluster
 from tests.support.polling import wait_until_async
@@ -211,8 +212,9 @@ async def test_reads_meant_for_a_replica_are_counted_when_none_is_configured(
 ) -> None:
     app = create_app(settings)
     async with running(app) as client:
-        database = await started(app)
-        async with database.connection(read_only=True) as con:
+        await started(app)
+        reads: Replicas = app.state.lifespan_state["reads"]
+        async with reads.connection() as con:
             await con.fetchval("SELECT 1")
         samples = await scrape(client)
     assert samples[("db_replica_fallbacks_total", (("reason", "not_configured"),))] == 1

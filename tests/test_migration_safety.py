@@ -15,10 +15,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from service import migration_safety, migrations
-from service.migration_safety import LockRetries, Timeouts
-from service.migrations import Runner
-from service.settings import DatabaseURL
+from service.migrations import Runner, Target, safety
+from service.migrations.safety import Timeouts
+from service.migrations.scaffold import new
 from tests.support.migrations import SHIPPED, cli, query, with_baseline, write
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,7 +36,7 @@ def live_dir(tmp_path: Path, database_url: str) -> Path:
         "INSERT INTO orders SELECT g, g % 10 FROM generate_series(1, 100) AS g;\n",
         "DROP TABLE orders;",
     )
-    with Runner(DatabaseURL.parse(database_url), directory) as runner:
+    with Runner(Target.parse(database_url), directory) as runner:
         runner.apply(report=lambda line: None)
     return directory
 
@@ -84,7 +83,7 @@ def test_blocked_migration_lets_queries_through_and_applies_when_the_blocker_lea
 
     def migrate() -> None:
         try:
-            with Runner(DatabaseURL.parse(database_url), live_dir, timeouts=timeouts,
+            with Runner(Target.parse(database_url), live_dir, timeouts=timeouts,
                         on_retry=retries.append) as runner:  # fmt: skip
                 outcome.append(runner.apply(report=lambda line: None))
         except BaseException as exc:  # reported by the assertion below
@@ -170,16 +169,6 @@ def test_retry_budget_runs_out_with_one_line_naming_the_blocker(
     assert cli(capsys, "list", *args)[1].splitlines()[-1] == "pending  0003_orders_note"
 
 
-def test_retries_pause_with_backoff_and_jitter_until_the_budget_is_spent() -> None:
-    retries = LockRetries(budget=60)
-    pauses = [retries.next_pause() for _ in range(8)]
-    expected = [0.25, 0.5, 1, 2, 4, 5, 5, 5]
-    assert all(
-        p is not None and 0.8 * e <= p <= 1.2 * e for p, e in zip(pauses, expected, strict=True)
-    )
-    assert LockRetries(budget=0).next_pause() is None
-
-
 # -- statement timeout ----------------------------------------------------------------------
 
 
@@ -225,7 +214,7 @@ def test_statement_timeout_and_the_header_override(
     assert query(database_url, "SELECT * FROM seen_outside") == [("0", "200ms")]
     # ... and the runner's session is back to the server's settings afterwards.
     write(live_dir, "0004_outside", "-- transactional: false\nDROP TABLE seen_outside;\n")
-    with Runner(DatabaseURL.parse(database_url), live_dir) as runner:
+    with Runner(Target.parse(database_url), live_dir) as runner:
         assert runner.apply(report=lambda line: None) == ["0004_outside"]
         settings = "SELECT current_setting('lock_timeout'), current_setting('statement_timeout')"
         assert runner.con.execute(settings).fetchone() == ("0", "0")
@@ -243,7 +232,7 @@ def test_header_overrides_and_what_the_session_gets(tmp_path: Path, database_url
         Timeouts(lock_timeout=0.0001, statement_timeout=0).apply(con, local=False)
         settings = "SELECT current_setting('lock_timeout'), current_setting('statement_timeout')"
         assert con.execute(settings).fetchone() == ("1ms", "0")
-        migration_safety.reset(con)
+        safety.reset(con)
         assert con.execute(settings).fetchone() == ("0", "0")
 
 
@@ -329,7 +318,7 @@ def test_concurrent_index_waiting_on_an_old_snapshot_is_dropped_and_retried(
         snapshot.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         snapshot.execute("SELECT 1")  # the build waits for every older snapshot to go
         pid = snapshot.info.backend_pid
-        with Runner(DatabaseURL.parse(database_url), live_dir, timeouts=timeouts) as runner:
+        with Runner(Target.parse(database_url), live_dir, timeouts=timeouts) as runner:
             done: list[list[str]] = []
             thread = threading.Thread(target=lambda: done.append(runner.apply(lambda _: None)))
             thread.start()
@@ -367,7 +356,7 @@ def test_concurrent_index_waiting_on_an_old_snapshot_is_dropped_and_retried(
     ],
 )
 def test_concurrent_index_name(statement: str, name: str | None) -> None:
-    assert migration_safety.concurrent_index_name(statement) == name
+    assert safety.concurrent_index_name(statement) == name
 
 
 # -- the lint -------------------------------------------------------------------------------
@@ -383,7 +372,7 @@ def squawk(*paths: Path) -> subprocess.CompletedProcess[str]:
 
 def test_squawk_passes_the_shipped_sql_and_the_new_template(tmp_path: Path) -> None:
     assert squawk(*sorted(SHIPPED.glob("*.sql"))).returncode == 0
-    forward, backward = migrations.new("add_users", tmp_path)
+    forward, backward = new("add_users", tmp_path)
     with forward.open("a") as f:
         f.write("CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL);\n")
     with backward.open("a") as f:

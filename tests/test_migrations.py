@@ -16,10 +16,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from service import migrations
-from service.app import create_app
-from service.migrations import MigrationError, Runner
-from service.settings import DatabaseURL
+from service import create_app, migrations
+from service.migrations import MigrationError, Runner, Target
+from service.migrations.scaffold import new
 from tests.support.apps import running, test_settings
 from tests.support.cluster import free_port
 from tests.support.migrations import SHIPPED, cli, query, with_baseline, write
@@ -136,8 +135,8 @@ def migrate_process(url: str, directory: Path, *argv: str, **env: str) -> subpro
 
 def test_every_shipped_migration_round_trips(empty_url: str) -> None:
     before = catalogue(empty_url)
-    url = DatabaseURL.parse(empty_url)
-    with Runner(url, SHIPPED) as runner:
+    target = Target.parse(empty_url)
+    with Runner(target, SHIPPED) as runner:
         applied = runner.apply()
         assert applied == [m.id for m in runner.migrations]
         first = catalogue(empty_url)
@@ -145,7 +144,7 @@ def test_every_shipped_migration_round_trips(empty_url: str) -> None:
         assert catalogue(empty_url) == before
         assert runner.apply() == applied
     assert catalogue(empty_url) == first
-    assert {s.state for s in migrations.status(url, SHIPPED)} == {"applied"}
+    assert {s.state for s in migrations.status(target, SHIPPED)} == {"applied"}
 
 
 def test_shipped_files_are_found_and_pair_up() -> None:
@@ -250,9 +249,8 @@ def test_new_takes_a_name_of_the_longest_length(
 
 
 def test_new_migration_files_apply_and_roll_back(database_url: str, sql_dir: Path) -> None:
-    migrations.new("nothing_yet", sql_dir)
-    url = DatabaseURL.parse(database_url)
-    with Runner(url, sql_dir) as runner:
+    new("nothing_yet", sql_dir)
+    with Runner(Target.parse(database_url), sql_dir) as runner:
         assert runner.apply() == ["0002_things", "0003_thing_one", "0004_nothing_yet"]
         assert runner.rollback() == ["0004_nothing_yet"]
 
@@ -355,7 +353,7 @@ def test_broken_migration_leaves_nothing_and_names_file_and_statement(
 
 def test_broken_rollback_names_the_rollback_file(database_url: str, sql_dir: Path) -> None:
     write(sql_dir, "0004_table", "CREATE TABLE t4 (id int);", "DROP TABLE t4_typo;")
-    with Runner(DatabaseURL.parse(database_url), sql_dir) as runner:
+    with Runner(Target.parse(database_url), sql_dir) as runner:
         runner.apply()
         with pytest.raises(MigrationError) as failed:
             runner.rollback()
@@ -425,7 +423,7 @@ def test_lock_wait_is_bounded_and_names_the_holder(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, database_url: str
 ) -> None:
     monkeypatch.setenv("MIGRATE_LOCK_TIMEOUT", "0.2")
-    with Runner(DatabaseURL.parse(database_url), SHIPPED):
+    with Runner(Target.parse(database_url), SHIPPED):
         code, out, err = cli(capsys, "apply", "--database", database_url)
         monkeypatch.setenv("MIGRATE_LOCK_TIMEOUT", "0")
         assert cli(capsys, "apply", "--database", database_url)[0] == 1
@@ -442,7 +440,7 @@ def test_stale_yoyo_lock_row_is_reported(database_url: str) -> None:
             "INSERT INTO yoyo_lock (locked, ctime, pid) VALUES (1, '2026-01-02 03:04:05', 4242)"
         )
     with pytest.raises(MigrationError) as failed:
-        Runner(DatabaseURL.parse(database_url), SHIPPED, lock_timeout=0).__enter__()
+        Runner(Target.parse(database_url), SHIPPED, lock_timeout=0).__enter__()
     assert str(failed.value) == (
         "yoyo's lock row is held by process 4242 since 2026-01-02 03:04:05 UTC (a plain "
         "`yoyo apply` running, or one that crashed: then run `yoyo break-lock`)"
@@ -512,11 +510,30 @@ def test_killed_runner_leaves_no_lock_and_the_next_applies_once(
 # -- the plain yoyo CLI --------------------------------------------------------------------
 
 
+def test_the_yoyo_internals_we_rely_on_are_there() -> None:
+    """A yoyo upgrade that moves any of these fails here, by name (pyproject bounds yoyo)."""
+    from yoyo.backends.core.postgresql import PostgresqlPsycopgBackend
+    from yoyo.migrations import Migration, MigrationStep, TransactionWrapper
+
+    backend_methods = [
+        "init_database", "ensure_internal_schema_updated", "to_apply", "to_rollback",
+        "transaction", "disable_transactions", "mark_one", "unmark_one", "log_migration",
+        "lock", "connect",
+    ]  # fmt: skip
+    missing = [name for name in backend_methods if not hasattr(PostgresqlPsycopgBackend, name)]
+    assert missing == []
+    for attribute in ("use_transactions", "steps", "load", "path", "id"):
+        assert hasattr(Migration, attribute) or attribute in Migration.__init__.__code__.co_names
+    step = MigrationStep(1, "SELECT 1", "SELECT 2")
+    assert (step._apply, step._rollback) == ("SELECT 1", "SELECT 2")  # named in error lines
+    assert TransactionWrapper(step).step is step
+
+
 def test_plain_yoyo_cli_on_the_same_tables(
     capsys: pytest.CaptureFixture[str], empty_url: str, sql_dir: Path
 ) -> None:
     yoyo = Path(sys.executable).parent / "yoyo"
-    yoyo_url = DatabaseURL.parse(empty_url).with_scheme("postgresql+psycopg") or ""
+    yoyo_url = empty_url.replace("postgresql://", "postgresql+psycopg://", 1)
     env = subprocess_env()
 
     def plain(*argv: str) -> str:
@@ -550,8 +567,8 @@ def test_plain_yoyo_cli_on_the_same_tables(
 
 def test_plain_yoyo_waits_for_our_run(empty_url: str, sql_dir: Path) -> None:
     yoyo = Path(sys.executable).parent / "yoyo"
-    yoyo_url = DatabaseURL.parse(empty_url).with_scheme("postgresql+psycopg") or ""
-    with Runner(DatabaseURL.parse(empty_url), sql_dir) as runner:
+    yoyo_url = empty_url.replace("postgresql://", "postgresql+psycopg://", 1)
+    with Runner(Target.parse(empty_url), sql_dir) as runner:
         plain = subprocess.Popen(
             [str(yoyo), "apply", "--batch", "--database", yoyo_url, str(sql_dir)],
             env=subprocess_env(),

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from service.db import Database
-from service.states import DbState
+from service.db import Database, DbState
 from tests.support.apps import test_settings
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 
-from service.db import Database
-from service.replica import LagTracker
+from service.db import Database, Replicas
+from service.db.replica import LagTracker
+from service.settings import Settings
 
 
 def test_an_idle_primary_leaves_a_current_replica_current() -> None:
@@ -45,16 +46,17 @@ def test_samples_are_bounded_while_a_replica_never_catches_up() -> None:
     for second in range(100):
         tracker.primary_at(second, 1000 + second)
         tracker.replica_at(0)
-    assert len(tracker._samples) == 10
+    assert len(tracker) == 10
     assert tracker.lag(100) == math.inf
 
 
 async def test_no_replica_configured_means_the_primary_serves_and_it_is_counted(
-    database: Database,
+    database: Database, settings: Settings
 ) -> None:
-    async with database.connection(read_only=True) as con:
-        assert await con.fetchval("SELECT pg_is_in_recovery()") is False
-    stats = database.stats()
-    assert stats.replica_fallbacks == {"not_configured": 1, "unavailable": 0, "lag": 0}
-    assert stats.replica is None
-    assert database.replica_state is None
+    async with Replicas(database, settings) as reads:
+        async with reads.connection() as con:
+            assert await con.fetchval("SELECT pg_is_in_recovery()") is False
+        assert reads.fallbacks() == {"not_configured": 1, "unavailable": 0, "lag": 0}
+        assert reads.stats() is None
+        assert reads.word() is None
+    assert database.stats().acquire_seconds.total > 0  # the primary lent it

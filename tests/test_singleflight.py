@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from service.singleflight import SingleFlight
+from service.db.singleflight import SingleFlight
 
 
 class Probe:
@@ -71,7 +71,7 @@ async def test_the_overrunning_probes_result_answers_the_next_flight() -> None:
     probe = Probe()
     single = SingleFlight(probe, deadline=0.01, on_timeout="timeout", on_error="error")
     assert await single.run() == "timeout"
-    single._deadline = 10  # the next flight waits for the running probe
+    single.deadline = 10  # the next flight waits for the running probe
     late = asyncio.ensure_future(single.run())
     await asyncio.sleep(0)
     probe.release.set()

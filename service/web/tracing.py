@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..settings import Settings, SettingsError
 from .middleware import route_template
-from .settings import Settings, SettingsError
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -34,13 +33,16 @@ MISSING = (
 
 
 def _otlp_exporter(endpoint: str) -> SpanExporter:
+    """OTLP over HTTP to OTEL_EXPORTER_OTLP_ENDPOINT as the settings read it (`.env` too).
+
+    The exporter reads the other OTEL_EXPORTER_OTLP_* variables itself, as every SDK does;
+    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, when set, names the full traces URL instead.
+    """
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-    return OTLPSpanExporter()  # reads OTEL_EXPORTER_OTLP_* itself, as every SDK does
-
-
-# Tests swap in an in-memory exporter.
-make_exporter: Callable[[str], SpanExporter] = _otlp_exporter
+    if os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        return OTLPSpanExporter()
+    return OTLPSpanExporter(endpoint=endpoint.rstrip("/") + "/v1/traces")
 
 
 def check_installed(settings: Settings) -> None:
@@ -97,7 +99,7 @@ class Tracing:
         self.provider: TracerProvider = TracerProvider(
             resource=Resource.create({SERVICE_NAME: name})
         )
-        self.provider.add_span_processor(BatchSpanProcessor(make_exporter(settings.otel_endpoint)))
+        self.provider.add_span_processor(BatchSpanProcessor(_otlp_exporter(settings.otel_endpoint)))
         self.middleware: Any = OpenTelemetryMiddleware
         # One span per request, not three: no spans for each ASGI receive and send.
         self.options: dict[str, Any] = {

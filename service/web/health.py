@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .db import Database
-from .states import REPLICA_WORDS, DbState
+from ..db import Database, DbState, Replicas
+from ..db.states import REPLICA_WORDS
 
 NO_STORE = {"Cache-Control": "no-store"}
 HEALTH_JSON = "application/health+json"  # IETF draft-inadarei-api-health-check
@@ -62,7 +62,8 @@ async def health(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
-    """Readiness: `SELECT 1` through the pool within DB_READY_TIMEOUT; 200 or 503."""
+    """Readiness: one query through the pool (the server answers and takes writes) within
+    DB_READY_TIMEOUT; 200 or 503."""
     db: Database = request.state.db
     start = time.perf_counter()
     state = await db.check()
@@ -70,7 +71,8 @@ async def ready(request: Request) -> Response:
     request.app.state.metrics.observe_ready(state, elapsed)
     ok = state == DbState.CONNECTED
     status_code = 200 if ok else 503
-    replica = db.replica_state  # None unless DATABASE_REPLICA_URL is set
+    reads: Replicas = request.state.reads
+    replica = reads.word()  # None unless DATABASE_REPLICA_URL is set
     if wants_health_json(_accept(request)):
         return HealthJSONResponse(
             health_json(state, elapsed, replica), status_code=status_code, headers=NO_STORE

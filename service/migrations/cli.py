@@ -10,10 +10,13 @@ from typing import Any
 
 import psycopg
 
-from . import migrations
-from .migration_safety import Timeouts
-from .migrations import MigrationError, MigrationNameError, Runner, describe
-from .settings import DatabaseURL, Settings
+from ..settings import DatabaseURL, Settings
+from .connection import Target, describe
+from .files import MigrationError, MigrationNameError
+from .runner import Runner
+from .safety import Timeouts
+from .scaffold import new
+from .status import status
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -54,14 +57,11 @@ def add_command(commands: Any) -> None:
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
     """Run one migrate action; MigrationError becomes one line on stderr and exit 1."""
-    url = settings.database_url
     if args.database:
-        url = replace(
-            DatabaseURL.parse(args.database, "--database"),
-            default_session_attrs=settings.target_session_attrs,
-        )
+        settings = replace(settings, database_url=DatabaseURL.parse(args.database, "--database"))
+    url = settings.database_url
     try:
-        return _ACTIONS[args.action](settings, url, args)
+        return _ACTIONS[args.action](settings, args)
     except MigrationNameError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -81,45 +81,44 @@ def _retrying(line: str) -> None:
     print(f"retry: {line}", file=sys.stderr, flush=True)
 
 
-def _runner(settings: Settings, url: DatabaseURL, args: argparse.Namespace) -> Runner:
+def _runner(settings: Settings, args: argparse.Namespace) -> Runner:
     return Runner(
-        url,
+        Target.from_settings(settings),
         args.dir,
         lock_timeout=settings.migrate_lock_timeout,
-        connect_timeout=settings.connect_timeout,
         timeouts=Timeouts.from_settings(settings),
         on_retry=_retrying,
     )
 
 
-def _apply(settings: Settings, url: DatabaseURL, args: argparse.Namespace) -> int:
-    with _runner(settings, url, args) as runner:
+def _apply(settings: Settings, args: argparse.Namespace) -> int:
+    with _runner(settings, args) as runner:
         applied = runner.apply(report=_say)
     print(f"{len(applied)} applied" if applied else "nothing to apply")
     return 0
 
 
-def _rollback(settings: Settings, url: DatabaseURL, args: argparse.Namespace) -> int:
-    with _runner(settings, url, args) as runner:
+def _rollback(settings: Settings, args: argparse.Namespace) -> int:
+    with _runner(settings, args) as runner:
         undone = runner.rollback(count=0 if args.all else 1, to=args.to, report=_say)
     print(f"{len(undone)} rolled back" if undone else "nothing to roll back")
     return 0
 
 
-def _list(settings: Settings, url: DatabaseURL, args: argparse.Namespace) -> int:
-    for line in migrations.status(url, args.dir, settings.connect_timeout):
+def _list(settings: Settings, args: argparse.Namespace) -> int:
+    for line in status(Target.from_settings(settings), args.dir):
         print(f"{line.state:<8} {line.id}")
     return 0
 
 
-def _new(settings: Settings, url: DatabaseURL, args: argparse.Namespace) -> int:
-    for path in migrations.new(args.name, args.dir):
+def _new(settings: Settings, args: argparse.Namespace) -> int:
+    for path in new(args.name, args.dir):
         print(f"created {path}")
     return 0
 
 
-def _accept(settings: Settings, url: DatabaseURL, args: argparse.Namespace) -> int:
-    with _runner(settings, url, args) as runner:
+def _accept(settings: Settings, args: argparse.Namespace) -> int:
+    with _runner(settings, args) as runner:
         accepted = runner.accept(args.ids)
     for migration_id in accepted:
         print(f"accepted {migration_id}")

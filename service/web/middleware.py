@@ -13,7 +13,7 @@ import time
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .disconnect import SCOPE_KEY, WATCH_AFTER, Sweeper, Watch
+from .disconnect import SCOPE_KEY, WATCH_AFTER, DisconnectWatch, Sweeper
 from .metrics import Metrics
 
 CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer
@@ -33,7 +33,7 @@ def route_template(scope: Scope) -> str | None:
 class RequestMiddleware:
     """Counts and times each HTTP request by route template; cancels it if its client leaves.
 
-    The watch (service/disconnect.py) cancels a handler holding a database connection when
+    The watch (disconnect.py) cancels a handler holding a database connection when
     the client disconnects before the response starts; the request then counts as 499.
 
     An exception no handler answered becomes a 500 here, its traceback logged: past this
@@ -53,7 +53,7 @@ class RequestMiddleware:
         start = time.perf_counter()
         handler = asyncio.current_task()
         assert handler is not None
-        watch = scope[SCOPE_KEY] = Watch(self.sweeper, receive, handler)
+        watch = scope[SCOPE_KEY] = DisconnectWatch(self.sweeper, receive, handler)
         status = 500  # an exception before the response started becomes a 500 upstream
 
         async def send_status(message: Message) -> None:

@@ -1,4 +1,8 @@
-"""Single-flight with a hard deadline: concurrent callers share one run of a probe."""
+"""Single-flight with a hard deadline: concurrent callers share one run of a probe.
+
+A *flight* is the set of callers one run of the probe answers: those who arrived while it
+ran. The next caller after it ends starts a new flight (a result is never reused).
+"""
 
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ class SingleFlight(Generic[T]):
         on_result: Callable[[T], object] = lambda result: None,
     ) -> None:
         self._probe = probe
-        self._deadline = deadline
+        self.deadline = deadline  # seconds; read as each flight starts
         self._on_timeout = on_timeout
         self._on_error = on_error
         self._on_result = on_result
@@ -50,7 +54,7 @@ class SingleFlight(Generic[T]):
         flight = self._flight
         if flight is None:
             flight = self._flight = [waiter]
-            self._timer = loop.call_later(self._deadline, self._answer, flight, self._on_timeout)
+            self._timer = loop.call_later(self.deadline, self._answer, flight, self._on_timeout)
             if self._task is None:
                 self._task = loop.create_task(self._run_probe())
         else:

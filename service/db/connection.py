@@ -1,6 +1,6 @@
 """One connection's concerns: why it failed (one word), when it retires, what its release resets.
 
-`service/db.py` owns the pool and the helper; this is what they know about a connection.
+`pool.py` owns the pool and lends its connections; this is what it knows about one of them.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ class Connection(asyncpg.Connection):
         return events is not None and bool(events.poll(0))
 
     def skip_next_reset(self) -> None:
-        """Only `SELECT 1` ran since acquire: release without the reset round trip.
+        """Only the readiness query ran since acquire: release without the reset round trip.
 
         After the readiness query there is nothing to reset, and the round trip was half of
         each check's time, with every waiting probe parked behind it.

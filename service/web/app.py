@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import gc
 import logging
-from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TypedDict
 
 from starlette.applications import Starlette
@@ -15,22 +14,22 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
-from . import health, migrations
-from .connection import DatabaseUnavailable, QueryTimeout
-from .db import Database, PooledConnection
+from ..db import Database, DatabaseUnavailable, QueryTimeout, Replicas
+from ..db.pool import Proxy
+from ..migrations.startup import startup_hook
+from ..settings import Settings
+from . import health
 from .disconnect import SCOPE_KEY
 from .metrics import Metrics
-from .middleware import RequestMiddleware, route_template
-from .settings import Settings
+from .middleware import SERVER_ERROR, RequestMiddleware, route_template
 from .tracing import RouteName, Tracing
 
 log = logging.getLogger("service.app")
 
-YOUNG_GC_THRESHOLD = 10_000  # allocations between young collections; CPython's default is 700
-
 
 class State(TypedDict):
-    db: Database
+    db: Database  # the primary's pool
+    reads: Replicas  # read_only=True connections: the replica's, else the primary's
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -57,34 +56,16 @@ async def _query_timeout(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _server_error(request: Request, exc: Exception) -> JSONResponse:
-    # The traceback goes to the log (uvicorn prints it); never to the client.
-    return JSONResponse({"error": "internal server error"}, status_code=500)
-
-
-@contextmanager
-def _collector_for_parked_requests() -> Iterator[None]:
-    """Freeze what start-up made out of the cyclic GC; collect young objects less often.
-
-    Requests parked on a readiness check outlive young collections; under a probe flood the
-    default threshold made full collections, each walking every module and class, the
-    readiness p99. With start-up frozen a full collection is short, and at this threshold
-    a flood's parked requests trigger none (figures: docs/performance.md).
-    """
-    thresholds = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(YOUNG_GC_THRESHOLD, *thresholds[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*thresholds)
-        gc.unfreeze()  # tests build many apps in one process
+    # An error in a middleware outside ours; the traceback goes to the log, never the client.
+    return SERVER_ERROR
 
 
 def create_app(settings: Settings | None = None, *, routes: Sequence[BaseRoute] = ()) -> Starlette:
     """Build the app; settings come from the environment unless given.
 
     `routes`: the features' Starlette routes and mounts, served beside health, readiness
-    and metrics (which win on a clash of paths: they come first).
+    and metrics (which win on a clash of paths: they come first). Building the app and
+    running its lifespan change nothing process-wide (the serve command tunes the process).
     """
     settings = settings or Settings.from_env()
     metrics = Metrics()
@@ -99,10 +80,12 @@ def create_app(settings: Settings | None = None, *, routes: Sequence[BaseRoute] 
         if tracing is not None:
             tracing.start()
         try:
-            async with Database(settings, on_connected=[migrations.startup_hook(settings)]) as db:
-                metrics.database = db
-                with _collector_for_parked_requests():
-                    yield {"db": db}
+            async with (
+                Database(settings, on_connected=[startup_hook(settings)]) as db,
+                Replicas(db, settings) as reads,
+            ):
+                metrics.database, metrics.reads = db, reads
+                yield {"db": db, "reads": reads}
         finally:
             if tracing is not None:
                 tracing.stop()
@@ -135,15 +118,20 @@ def create_app(settings: Settings | None = None, *, routes: Sequence[BaseRoute] 
     return app
 
 
-def db_connection(request: Request, *, read_only: bool = False) -> PooledConnection:
+def db_connection(
+    request: Request, *, read_only: bool = False
+) -> AbstractAsyncContextManager[Proxy]:
     """The request-scoped connection helper (FastAPI's `Depends(get_db)` session, here).
 
     `async with db_connection(request) as con:` acquires within DB_ACQUIRE_TIMEOUT and
     always releases, also when the handler raises; no connection means a 503, and so does a
-    write the server refuses as read-only (`"db": "read_only"`). `read_only=True`: a read
-    replica's connection when one is configured, up and current, else the primary's.
+    write the server refuses as read-only (`"db": "read_only"`) or a connection that dies
+    under the handler (`"db": "disconnected"`). `read_only=True`: a read replica's
+    connection when one is configured, up and current, else the primary's.
     """
+    watch = request.scope.get(SCOPE_KEY)  # a client that leaves cancels the query
+    if read_only:
+        reads: Replicas = request.state.reads
+        return reads.connection(watch=watch)
     db: Database = request.state.db
-    connection = db.connection(read_only=read_only)
-    connection.watch = request.scope.get(SCOPE_KEY)  # a client that leaves cancels the query
-    return connection
+    return db.connection(watch=watch)

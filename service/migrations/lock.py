@@ -16,6 +16,8 @@ from typing import Any
 import psycopg
 from psycopg import errors
 
+from ..backoff import Backoff
+
 # pg_advisory_lock(int, int): shows in pg_locks as classid/objid with objsubid = 2.
 LOCK_KEY = (0x53564331, 1)  # "SVC1", migrations
 HOLDER_QUERY = """
@@ -44,20 +46,18 @@ def acquire(con: psycopg.Connection[Any], timeout: float) -> None:
     is a running statement with a snapshot, and CREATE INDEX CONCURRENTLY in the holder's
     migration waits for every older snapshot: holder and waiter would deadlock.
     """
-    deadline = time.monotonic() + timeout
-    interval = LOCK_POLL_FIRST
+    polls = Backoff(LOCK_POLL_FIRST, LOCK_POLL_MAX, jitter=0.0, budget=timeout)
     while True:
         got = con.execute("SELECT pg_try_advisory_lock(%s, %s)", LOCK_KEY).fetchone()
         if got and got[0]:
             return
-        left = deadline - time.monotonic()
-        if left <= 0:
+        pause = polls.next()
+        if pause is None:
             raise LockNotAcquired(
                 f"another migration run holds the lock ({holder(con)}); "
                 f"gave up after MIGRATE_LOCK_TIMEOUT={timeout:g}s"
             )
-        time.sleep(min(interval, left))
-        interval = min(interval * 2, LOCK_POLL_MAX)
+        time.sleep(pause)
 
 
 def holder(con: psycopg.Connection[Any]) -> str:

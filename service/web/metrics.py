@@ -27,9 +27,8 @@ from prometheus_client.utils import floatToGoString
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .db import Database
-from .histogram import Histogram
-from .states import DbState
+from ..db import Database, DbState, PoolStats, Replicas
+from ..histogram import Histogram
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Readiness answers within DB_READY_TIMEOUT (0.8 s by default): resolve below and around it.
@@ -48,6 +47,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.database: Database | None = None  # set by the lifespan
+        self.reads: Replicas | None = None
         self.ready_checks: dict[str, int] = {}
         self.ready_duration = Histogram(READY_BUCKETS)
         self.http: dict[tuple[str, str, int], Histogram] = {}
@@ -141,7 +141,11 @@ class RequestCollector(Collector):
 
 
 class PoolCollector(Collector):
-    """Pool gauges and connection counters, read from the live pool at scrape time."""
+    """Each pool's gauges and counters, read from its own snapshot at scrape time.
+
+    The primary's families are `db_*`; a replica's are the same families named
+    `db_replica_*`, counting only the replica's own connections.
+    """
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
@@ -149,86 +153,28 @@ class PoolCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         db = self.metrics.database
         stats = db.stats() if db is not None else None
-        size = stats.size if stats is not None else 0
-        idle = stats.idle if stats is not None else 0
-        yield GaugeMetricFamily("db_pool_size", "Open connections in the pool.", size)
-        yield GaugeMetricFamily("db_pool_idle", "Open connections waiting in the pool.", idle)
-        yield GaugeMetricFamily(
-            "db_pool_in_use", "Connections lent to requests or checks.", size - idle
-        )
-        yield GaugeMetricFamily(
-            "db_pool_max",
-            "DB_POOL_MAX_SIZE: the pool's ceiling.",
-            stats.max_size if stats is not None else 0,
-        )
         yield GaugeMetricFamily(
             "db_up",
             "1 when the last readiness check found the database connected.",
             1 if stats is not None and stats.state == DbState.CONNECTED else 0,
         )
-        yield CounterMetricFamily(
-            "db_connections_opened",
-            "Connections the pool opened.",
-            stats.opened if stats is not None else 0,
-        )
-        yield CounterMetricFamily(
-            "db_connections_lost",
-            "Connections closed by the server or the network (restart, crash, kill).",
-            stats.lost if stats is not None else 0,
-        )
-        yield CounterMetricFamily(
-            "db_connections_closed",
-            "Connections the service closed (lifetime, idle, timeout, expiry, shutdown).",
-            stats.closed if stats is not None else 0,
-        )
-        if stats is None:
+        yield from pool_families("db", "", stats)
+        if stats is not None:
+            yield CounterMetricFamily(
+                "db_writes_refused",
+                "Handler queries refused as read-only (SQLSTATE 25006): connection closed, 503.",
+                stats.writes_refused,
+            )
+        reads = self.metrics.reads
+        if reads is None:
             return
-        yield GaugeMetricFamily(
-            "db_pool_waiting", "Callers waiting for a pool connection now.", stats.waiting
-        )
-        yield _histogram(
-            "db_pool_acquire_seconds",
-            "Time to get a connection through the helper, timeouts included.",
-            stats.acquire_seconds,
-        )
-        yield CounterMetricFamily(
-            "db_pool_acquire_timeouts",
-            "Callers that got no connection within DB_ACQUIRE_TIMEOUT (answered 503).",
-            stats.acquire_timeouts,
-        )
-        yield _histogram(
-            "db_pool_held_seconds",
-            "Time a caller held a connection, from acquire to release.",
-            stats.held_seconds,
-        )
-        yield _by_label(
-            "db_queries_cancelled",
-            "Queries cancelled on the server: timeout (DB_COMMAND_TIMEOUT) or disconnect.",
-            "reason",
-            stats.cancelled,
-        )
-        yield CounterMetricFamily(
-            "db_writes_refused",
-            "Handler queries refused as read-only (SQLSTATE 25006): connection closed, 503.",
-            stats.writes_refused,
-        )
-        yield CounterMetricFamily(
-            "db_connections_broken_in_use",
-            "Lent connections the server or the network ended under a handler (answered 503).",
-            stats.broken_in_use,
-        )
-        yield CounterMetricFamily(
-            "db_connections_stale_discarded",
-            "Idle connections the server had already ended, closed at acquire instead of lent.",
-            stats.stale_discarded,
-        )
         yield _by_label(
             "db_replica_fallbacks",
             "read_only=True connections the primary served: not_configured, unavailable, lag.",
             "reason",
-            stats.replica_fallbacks,
+            reads.fallbacks(),
         )
-        replica = stats.replica
+        replica = reads.stats()
         if replica is None:
             return
         yield GaugeMetricFamily(
@@ -241,7 +187,75 @@ class PoolCollector(Collector):
             "Seconds since the replica last had replayed all the primary had written.",
             replica.lag_seconds,
         )
-        yield GaugeMetricFamily("db_replica_pool_size", "Open replica connections.", replica.size)
-        yield GaugeMetricFamily(
-            "db_replica_pool_idle", "Open replica connections waiting.", replica.idle
-        )
+        yield from pool_families("db_replica", "The replica's: ", replica.pool)
+
+
+def pool_families(prefix: str, whose: str, stats: PoolStats | None) -> Iterator[Metric]:
+    """One pool's families, `prefix`_pool_size and so on; zeros before the pool exists."""
+    size = stats.size if stats is not None else 0
+    idle = stats.idle if stats is not None else 0
+    yield GaugeMetricFamily(f"{prefix}_pool_size", f"{whose}Open connections in the pool.", size)
+    yield GaugeMetricFamily(
+        f"{prefix}_pool_idle", f"{whose}Open connections waiting in the pool.", idle
+    )
+    yield GaugeMetricFamily(
+        f"{prefix}_pool_in_use", f"{whose}Connections lent to requests or checks.", size - idle
+    )
+    yield GaugeMetricFamily(
+        f"{prefix}_pool_max",
+        f"{whose}DB_POOL_MAX_SIZE: the pool's ceiling.",
+        stats.max_size if stats is not None else 0,
+    )
+    yield CounterMetricFamily(
+        f"{prefix}_connections_opened",
+        f"{whose}Connections the pool opened.",
+        stats.opened if stats is not None else 0,
+    )
+    yield CounterMetricFamily(
+        f"{prefix}_connections_lost",
+        f"{whose}Connections closed by the server or the network (restart, crash, kill).",
+        stats.lost if stats is not None else 0,
+    )
+    yield CounterMetricFamily(
+        f"{prefix}_connections_closed",
+        f"{whose}Connections the service closed (lifetime, idle, timeout, expiry, shutdown).",
+        stats.closed if stats is not None else 0,
+    )
+    if stats is None:
+        return
+    yield GaugeMetricFamily(
+        f"{prefix}_pool_waiting",
+        f"{whose}Callers waiting for a pool connection now.",
+        stats.waiting,
+    )
+    yield _histogram(
+        f"{prefix}_pool_acquire_seconds",
+        f"{whose}Time to get a connection, timeouts included.",
+        stats.acquire_seconds,
+    )
+    yield CounterMetricFamily(
+        f"{prefix}_pool_acquire_timeouts",
+        f"{whose}Callers that got no connection within DB_ACQUIRE_TIMEOUT (answered 503).",
+        stats.acquire_timeouts,
+    )
+    yield _histogram(
+        f"{prefix}_pool_held_seconds",
+        f"{whose}Time a caller held a connection, from acquire to release.",
+        stats.held_seconds,
+    )
+    yield _by_label(
+        f"{prefix}_queries_cancelled",
+        f"{whose}Queries cancelled on the server: timeout (DB_COMMAND_TIMEOUT) or disconnect.",
+        "reason",
+        stats.cancelled,
+    )
+    yield CounterMetricFamily(
+        f"{prefix}_connections_broken_in_use",
+        f"{whose}Lent connections the server or the network ended under a handler (503).",
+        stats.broken_in_use,
+    )
+    yield CounterMetricFamily(
+        f"{prefix}_connections_stale_discarded",
+        f"{whose}Idle connections the server had already ended, closed instead of lent.",
+        stats.stale_discarded,
+    )

@@ -10,10 +10,8 @@ session that blocked it, seen from a second connection while the statement waite
 
 from __future__ import annotations
 
-import random
 import re
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -24,13 +22,12 @@ from typing import Any
 import psycopg
 from psycopg import errors, sql
 
-from .settings import Settings
+from ..settings import Settings
 
-# Pauses between attempts: 0.25 s doubling to 5 s, each +-20 % so that runners blocked
-# by the same session do not all come back at the same instant.
+# Pauses between attempts (service/backoff.py): 0.25 s doubling to 5 s, each +-20 %, so
+# that runners blocked by the same session do not all come back at the same instant.
 FIRST_PAUSE = 0.25
 MAX_PAUSE = 5.0
-JITTER = 0.2
 
 BLOCKERS_QUERY = """
 SELECT pid, application_name, state, xact_start, backend_start, now()
@@ -218,36 +215,6 @@ class BlockerWatch:
         if self._con is not None:
             self._con.close()
             self._con = None
-
-
-# -- retries ------------------------------------------------------------------------------
-
-
-class LockRetries:
-    """The retry budget of one migration: pauses with backoff and jitter, then gives up."""
-
-    def __init__(self, budget: float) -> None:
-        self.budget = budget
-        self.started = time.monotonic()
-        self.attempts = 1
-        self._pause = FIRST_PAUSE
-
-    def next_pause(self) -> float | None:
-        """Seconds to pause before the next attempt, or None when the budget is spent."""
-        left = self.started + self.budget - time.monotonic()
-        if left <= 0:
-            return None
-        pause = min(self._pause * random.uniform(1 - JITTER, 1 + JITTER), left)
-        self._pause = min(self._pause * 2, MAX_PAUSE)
-        return pause
-
-    def pause(self, seconds: float) -> None:
-        time.sleep(seconds)
-        self.attempts += 1
-
-    @property
-    def elapsed(self) -> float:
-        return time.monotonic() - self.started
 
 
 # -- CREATE INDEX CONCURRENTLY ------------------------------------------------------------

@@ -1,12 +1,12 @@
 """Cancel a handler whose client has gone while it holds a database connection.
 
 Starlette does not cancel a request handler when its client disconnects: a query runs on to
-its end for nobody, holding a pool connection. The request middleware (service/middleware.py)
-gives each HTTP request a `Watch` (in `scope["service.disconnect"]`); the connection helper
+its end for nobody, holding a pool connection. The request middleware (middleware.py) gives
+each HTTP request a `DisconnectWatch` (in `scope["service.disconnect"]`); the connection helper
 tells it when the handler holds a connection and when it lets go. A handler that has held one
 across two sweeps (WATCH_AFTER apart) gets a task that reads its request's `receive` channel;
 an `http.disconnect` before the response has started cancels the handler with
-CLIENT_DISCONNECTED, the helper has the query cancelled on the server, and no response is
+CLIENT_DISCONNECTED, the connection helper has the query cancelled on the server, and no response is
 sent. Fast requests (most) never get that task: the cost per request is a dict entry and the
 wrapped `send`. Messages the watch reads (a request body not yet consumed) are handed on to
 the app's own `receive` calls, so handlers that read the body, streaming responses and
@@ -20,7 +20,7 @@ from collections import deque
 
 from starlette.types import Message, Receive
 
-from .connection import CLIENT_DISCONNECTED
+from ..db.connection import CLIENT_DISCONNECTED
 
 SCOPE_KEY = "service.disconnect"
 # Seconds between sweeps; a handler still holding a connection at two sweeps in a row is
@@ -29,7 +29,7 @@ WATCH_AFTER = 0.2
 _DISCONNECT: Message = {"type": "http.disconnect"}
 
 
-class Watch:
+class DisconnectWatch:
     """One request's disconnect watch; see the module docstring."""
 
     __slots__ = (
@@ -56,7 +56,7 @@ class Watch:
         self.started = False  # the response has started: too late to cancel
 
     def hold(self) -> None:
-        """The handler holds a connection (the helper calls this on acquire)."""
+        """The handler holds a connection (told by the connection helper on acquire)."""
         self._sweeper.hold(self)
 
     def let_go(self) -> None:
@@ -122,16 +122,16 @@ class Sweeper:
 
     def __init__(self, interval: float = WATCH_AFTER) -> None:
         self.interval = interval
-        self._held: dict[Watch, None] = {}  # insertion-ordered set
-        self._seen: set[Watch] = set()  # held at the last sweep
+        self._held: dict[DisconnectWatch, None] = {}  # insertion-ordered set
+        self._seen: set[DisconnectWatch] = set()  # held at the last sweep
         self._timer: asyncio.TimerHandle | None = None
 
-    def hold(self, watch: Watch) -> None:
+    def hold(self, watch: DisconnectWatch) -> None:
         self._held[watch] = None
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.interval, self._sweep)
 
-    def let_go(self, watch: Watch) -> None:
+    def let_go(self, watch: DisconnectWatch) -> None:
         self._held.pop(watch, None)
 
     def _sweep(self) -> None:

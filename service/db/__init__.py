@@ -1,0 +1,28 @@
+"""The database: one asyncpg pool per Database, a read-replica layer above two of them.
+
+    states        DbState: the readiness words
+    singleflight  one probe at a time under a deadline (knows nothing of Database)
+    connection    one connection: why it failed (one word), retirement, the release reset
+    pool          Database: one pool, its connections lent and counted, readiness, close
+    replica       Replicas: read_only=True connections from the replica or the primary
+
+Depends on the settings only; knows nothing of HTTP or migrations.
+"""
+
+from __future__ import annotations
+
+from .connection import DatabaseUnavailable, QueryTimeout
+from .pool import Database, PooledConnection, PoolStats
+from .replica import Replicas, ReplicaStats
+from .states import DbState
+
+__all__ = [
+    "Database",
+    "DatabaseUnavailable",
+    "DbState",
+    "PoolStats",
+    "PooledConnection",
+    "QueryTimeout",
+    "ReplicaStats",
+    "Replicas",
+]

@@ -1,0 +1,63 @@
+"""The migrate command's connection: psycopg (libpq), never asyncpg.
+
+libpq defaults apply when DATABASE_URL is unset; errors become one line with any password
+scrubbed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from ..settings import DatabaseURL, Settings
+from .files import MigrationError
+
+APPLICATION_NAME = "service-migrate"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the migrate command connects, and how: what the settings say, or a URL alone."""
+
+    url: DatabaseURL
+    session_attrs: str = "read-write"
+    connect_timeout: float = 5.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Target:
+        return cls(settings.database_url, settings.session_attrs, settings.connect_timeout)
+
+    @classmethod
+    def parse(cls, url: str) -> Target:
+        """A URL with the settings' defaults (tests, scripts)."""
+        return cls(DatabaseURL.parse(url))
+
+
+def connect(target: Target) -> psycopg.Connection[Any]:
+    """A psycopg connection in autocommit mode, named for pg_stat_activity."""
+    url = target.url
+    try:
+        return psycopg.connect(
+            url.value or "",
+            autocommit=True,
+            connect_timeout=max(2, round(target.connect_timeout)),
+            target_session_attrs=target.session_attrs,
+            application_name=f"{APPLICATION_NAME} {socket.gethostname()}:{os.getpid()}"[:63],
+        )
+    except psycopg.Error as exc:
+        raise MigrationError(f"cannot connect to {url.redacted}: {describe(exc, url)}") from None
+
+
+def describe(exc: BaseException, url: DatabaseURL | None = None) -> str:
+    """The first line of a driver error, with any password scrubbed."""
+    diag = getattr(exc, "diag", None)
+    text = (diag.message_primary if diag is not None else None) or str(exc) or type(exc).__name__
+    line = next((part.strip() for part in text.splitlines() if part.strip()), text)
+    line = line.removeprefix("connection failed: ").replace("FATAL:  ", "")
+    password = conninfo_to_dict(url.value or "").get("password") if url else None
+    return line.replace(str(password), "***") if password else line
