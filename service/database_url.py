@@ -58,6 +58,18 @@ class DatabaseURL:
             return None
         return self._parts().param("target_session_attrs")
 
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Its password (and sslpassword), as written and decoded: what a log must never show."""
+        if self.value is None:
+            return ()
+        parts = self._parts()
+        found: list[str] = []
+        if parts.userinfo is not None and ":" in parts.userinfo:
+            found.append(parts.userinfo.partition(":")[2])
+        found += [v for k, v in parts.query if unquote(k) in _SECRET_PARAMS]
+        return tuple(dict.fromkeys(form for raw in found for form in (raw, unquote(raw)) if form))
+
     def _parts(self) -> _URLParts:
         assert self.value is not None
         return _URLParts.split(self.value.partition("://")[2], "DATABASE_URL")

@@ -1,4 +1,10 @@
-"""Logging: one line per event, as text or JSON, for the service and uvicorn alike."""
+"""Logging: one line per event, as text or JSON, for the service, uvicorn and features alike.
+
+Every logger is shown at LOG_LEVEL (a feature's `logging.getLogger("orders")` too), but for
+libraries that narrate their internals (asyncpg, yoyo, httpx, …), kept at WARNING. The
+one handler writes each line through the same redaction: the database passwords the
+settings hold are replaced by `***`, in messages and tracebacks alike.
+"""
 
 from __future__ import annotations
 
@@ -30,6 +36,26 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+# Libraries whose INFO and DEBUG lines narrate their internals.
+QUIET_LOGGERS = ("asyncpg", "yoyo", "httpx", "httpcore", "urllib3", "opentelemetry", "multipart")
+MIN_SECRET_LENGTH = 4  # shorter ones would garble every line they happen to appear in
+
+
+class RedactingHandler(logging.StreamHandler):  # type: ignore[type-arg]  # untyped stream
+    """A stream handler that writes no secret: each occurrence, anywhere in the line (the
+    message, its arguments, a traceback), becomes `***`."""
+
+    def __init__(self, stream: Any = None, secrets: tuple[str, ...] = ()) -> None:
+        super().__init__(stream)
+        self.secrets = tuple(s for s in secrets if len(s) >= MIN_SECRET_LENGTH)
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        for secret in self.secrets:
+            line = line.replace(secret, "***")
+        return line
+
+
 class _DropPoolFloorRetries(logging.Filter):
     """asyncpg logs a traceback for each retry of its connection floor; we log state changes."""
 
@@ -37,8 +63,11 @@ class _DropPoolFloorRetries(logging.Filter):
         return "connection floor" not in record.getMessage()
 
 
-def log_config(level: str = "info", fmt: str = "text") -> dict[str, Any]:
-    """A dictConfig for the service, uvicorn and asyncpg (passed to uvicorn as log_config)."""
+def log_config(
+    level: str = "info", fmt: str = "text", secrets: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """A dictConfig for every logger (passed to uvicorn as log_config); `secrets` are never
+    written."""
     formatter = (
         {"()": JSONFormatter}
         if fmt == "json"
@@ -52,9 +81,10 @@ def log_config(level: str = "info", fmt: str = "text") -> dict[str, Any]:
         "filters": {"pool_floor": {"()": _DropPoolFloorRetries}},
         "handlers": {
             "default": {
-                "class": "logging.StreamHandler",
+                "()": RedactingHandler,
                 "formatter": "default",
                 "stream": "ext://sys.stderr",
+                "secrets": secrets,
                 "filters": ["pool_floor"],
             }
         },
@@ -63,8 +93,7 @@ def log_config(level: str = "info", fmt: str = "text") -> dict[str, Any]:
             "uvicorn": {"level": level},
             "uvicorn.error": {"level": level},
             "uvicorn.access": {"level": level},
-            "asyncpg": {"level": "WARNING"},
-            "yoyo": {"level": "WARNING"},
+            **{name: {"level": "WARNING"} for name in QUIET_LOGGERS},
         },
-        "root": {"handlers": ["default"], "level": "WARNING"},
+        "root": {"handlers": ["default"], "level": level},
     }

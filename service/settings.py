@@ -26,6 +26,8 @@ _FALSE = {"0", "false", "no", "off"}
 MAX_POOL_SIZE = 1000
 MAX_WORKERS = 64
 MAX_STATEMENT_CACHE_SIZE = 10_000
+MAX_TRANSACTION_RETRIES = 100
+MAX_BODY_BYTES = 1024**3  # 1 GiB: a body is read into memory whole
 
 
 def _integer(minimum: int, maximum: int | None = None) -> Callable[[str, str], int]:
@@ -164,6 +166,9 @@ class Settings:
     close_timeout: float = setting("DB_CLOSE_TIMEOUT", _seconds(), 10.0)
     reset_on_release: str = setting("DB_RESET_ON_RELEASE", _choice("rollback", "full"), "rollback")
     slow_query_ms: float = setting("DB_SLOW_QUERY_MS", _milliseconds, 0.0)
+    transaction_retries: int = setting(
+        "DB_TRANSACTION_RETRIES", _integer(0, MAX_TRANSACTION_RETRIES), 10
+    )
     migrate_on_startup: bool = setting("DB_MIGRATE_ON_STARTUP", _boolean, False)
     migrate_lock_timeout: float = setting("MIGRATE_LOCK_TIMEOUT", _seconds(allow_zero=True), 60.0)
     migrate_statement_lock_timeout: float = setting(
@@ -183,6 +188,7 @@ class Settings:
     log_level: str = setting("LOG_LEVEL", _choice(*_LOG_LEVELS), "info")
     log_format: str = setting("LOG_FORMAT", _choice("text", "json"), "text")
     access_log: bool = setting("ACCESS_LOG", _boolean, True)
+    max_body_bytes: int = setting("HTTP_MAX_BODY_BYTES", _integer(1, MAX_BODY_BYTES), 1024 * 1024)
 
     @property
     def session_attrs(self) -> str:
@@ -190,6 +196,11 @@ class Settings:
         target_session_attrs wins; DB_TARGET_SESSION_ATTRS fills in (prefer-standby for a
         replica, see for_replica)."""
         return self.database_url.target_session_attrs or self.target_session_attrs
+
+    def secrets(self) -> tuple[str, ...]:
+        """The passwords these settings hold (the logs redact them)."""
+        urls = (self.database_url, self.replica_url)
+        return tuple(secret for url in urls if url is not None for secret in url.secrets)
 
     def for_replica(self) -> Settings:
         """The same pool settings on DATABASE_REPLICA_URL (which must be set)."""

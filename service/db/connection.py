@@ -27,6 +27,10 @@ class DatabaseUnavailable(Exception):
         self.reason = reason
 
 
+class ConnectionSetupFailed(Exception):
+    """A feature's on_connect hook raised: the new connection is closed, never lent."""
+
+
 class ServerRefusesWrites(Exception):
     """A new pool reached a server that takes no writes (target_session_attrs=any)."""
 
@@ -132,9 +136,9 @@ GONE = (
     asyncpg.IdleSessionTimeoutError,
     asyncpg.InternalClientError,
 )
-# InterfaceErrors about what the caller passed or asked for: the connection is fine.
+# InterfaceErrors about what the caller asked for: the connection is fine. (A parameter
+# asyncpg cannot encode is asyncpg.DataError, a PostgresError with SQLSTATE 22000.)
 CALLER_ERRORS = (
-    asyncpg.DataError,
     asyncpg.ClientConfigurationError,
     asyncpg.UnsupportedClientFeatureError,
     asyncpg.UnsupportedServerFeatureError,
@@ -157,7 +161,7 @@ def connection_gone(exc: BaseException, con: PoolConnectionProxy[Any]) -> bool:
     """
     if isinstance(exc, GONE):
         return True
-    if not isinstance(exc, asyncpg.InterfaceError | asyncpg.PostgresError):
+    if not isinstance(exc, asyncpg.InterfaceError | asyncpg.PostgresError | DatabaseUnavailable):
         return False
     raw = behind(con)
     return raw is None or raw.is_closed()

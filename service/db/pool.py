@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol, TypeAlias, TypedDict, cast
+from typing import Any, Protocol, TypeAlias, TypedDict, TypeVar, cast
 
 import asyncpg
 from asyncpg.connect_utils import SessionAttribute
@@ -24,10 +24,12 @@ from asyncpg.pool import PoolConnectionProxy
 from ..backoff import Backoff
 from ..histogram import Histogram
 from ..settings import Settings
+from .codecs import set_json_codecs
 from .connection import (
     CALLER_ERRORS,
     CLIENT_DISCONNECTED,
     Connection,
+    ConnectionSetupFailed,
     DatabaseUnavailable,
     QueryTimeout,
     ServerRefusesWrites,
@@ -39,6 +41,7 @@ from .connection import (
 )
 from .singleflight import SingleFlight
 from .states import DbState
+from .transactions import Isolation, TransactionCounts, run_transaction
 
 log = logging.getLogger("service.db")
 
@@ -47,6 +50,9 @@ log = logging.getLogger("service.db")
 # a plain query, run on whichever server connection PgBouncer lends).
 READY_QUERY = "SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off'"
 APPLICATION_NAME = "service"
+# Every session's defaults (start-up parameters: PgBouncer forwards both). UTC: a
+# timestamptz reads back the same whatever the server's or the process's zone.
+SERVER_SETTINGS = {"application_name": APPLICATION_NAME, "TimeZone": "UTC"}
 # Reconnecting: 0.25 s doubling to 5 s (service/backoff.py). A server that refuses writes
 # is usually mid-switchover behind one address (a proxy, a DNS name): retried quickly, so
 # writes resume within a second of it routing to a primary.
@@ -73,10 +79,14 @@ _ACQUIRE_FAILED = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
     asyncpg.TargetServerAttributeNotMatched,
+    ConnectionSetupFailed,
 )
 
 # What a handler holds: asyncpg's proxy of a pooled connection (subscriptable in stubs only).
 Proxy: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
+T = TypeVar("T")
+# A feature's per-connection set-up (create_app's on_connect).
+OnConnect: TypeAlias = Callable[[asyncpg.Connection], Awaitable[None]]
 
 
 class PoolArguments(TypedDict):
@@ -170,6 +180,8 @@ class PoolStats:
     broken_in_use: int  # lent connections the server or network ended under a handler (503)
     stale_discarded: int  # idle connections the server had ended, closed instead of lent
     releasing: int  # cancelled queries' connections waiting for the server's confirmation
+    transactions: dict[str, int]  # run_in_transaction outcomes: committed, rolled_back, …
+    transaction_retries: dict[str, int]  # attempts run again, by SQLSTATE (40001, 40P01)
 
 
 class Database:
@@ -188,8 +200,10 @@ class Database:
         *,
         name: str = "db",
         requires_writes: bool = True,
+        on_connect: OnConnect | None = None,
     ) -> None:
         self._settings = settings
+        self._on_connect = on_connect
         self._hosts = settings.database_url.per_host()
         self._name = name  # the logs' prefix: db.connected, db_replica.lost, …
         self._requires_writes = requires_writes
@@ -226,6 +240,8 @@ class Database:
         self._releasing: set[asyncio.Task[None]] = set()  # cancelled queries being released
         self._retiring: set[asyncio.Task[bool]] = set()  # pools left for a server refusing writes
         self._confirming: asyncio.Task[DbState] | None = None  # a check after a lost connection
+        self._transactions = TransactionCounts()
+        self._setup_failure = ""  # the last on_connect failure logged (once per kind)
 
     async def __aenter__(self) -> Database:
         self.start()
@@ -264,6 +280,8 @@ class Database:
             broken_in_use=self._broken_in_use,
             stale_discarded=self._stale_discarded,
             releasing=len(self._releasing),
+            transactions=dict(self._transactions.outcomes),
+            transaction_retries=dict(self._transactions.retries),
         )
 
     def start(self) -> None:
@@ -293,6 +311,30 @@ class Database:
         """
         bound = self._settings.acquire_timeout if timeout is None else timeout
         return PooledConnection(self, bound, watch)
+
+    async def run_in_transaction(
+        self,
+        fn: Callable[[Proxy], Awaitable[T]],
+        *,
+        isolation: Isolation = "read_committed",
+        read_only: bool = False,
+        watch: HoldWatch | None = None,
+    ) -> T:
+        """`await fn(con)` in a transaction, committed, its result returned; run again from
+        the start on a serialization failure or a deadlock (db/transactions.py).
+
+        For work outside a request (a job, a script); handlers use the request's
+        `run_in_transaction(request, fn)`.
+        """
+        async with self.connection(watch=watch) as con:
+            return await run_transaction(
+                con,  # type: ignore[arg-type]  # the proxy forwards every Connection call
+                fn,  # type: ignore[arg-type]
+                isolation=isolation,
+                read_only=read_only,
+                retries=self._settings.transaction_retries,
+                counts=self._transactions,
+            )
 
     async def fetch_within_deadline(self, query: str) -> Any:
         """One value through the pool within DB_READY_TIMEOUT; None if it cannot be had."""
@@ -436,6 +478,8 @@ class Database:
         if gone:
             # The server or the network ended it under the handler: 503, never a 500.
             self._lost_in_use()
+            if isinstance(exc, DatabaseUnavailable):
+                return  # already says so (a COMMIT whose outcome is unknown)
             raise DatabaseUnavailable(DbState.DISCONNECTED) from exc
         if writes_refused:
             raise DatabaseUnavailable(DbState.READ_ONLY) from exc
@@ -615,7 +659,7 @@ class Database:
         return await asyncpg.create_pool(
             **pool_arguments(self._settings),
             connection_class=Connection,
-            server_settings={"application_name": APPLICATION_NAME},
+            server_settings=SERVER_SETTINGS,
             init=self._connection_opened,
             # A host list: host by host, a connect timeout each; one host: asyncpg's own.
             connect=self._connect_each_host if len(self._hosts) > 1 else None,
@@ -647,6 +691,9 @@ class Database:
         self._opened += 1
         con.full_reset = self._settings.reset_on_release == "full"
         con.watch_socket()
+        await set_json_codecs(con)
+        if self._on_connect is not None:
+            await self._run_on_connect(con)
         if self._settings.slow_query_ms > 0:
             con.add_query_logger(self._log_if_slow)
         if self._max_lifetime > 0:
@@ -656,6 +703,23 @@ class Database:
         # The listener is called with the pool's proxy when the connection is checked out,
         # and that proxy may already be detached: keep the connection itself.
         con.add_termination_listener(lambda _: self._connection_ended(con))
+
+    async def _run_on_connect(self, con: Connection) -> None:
+        """The feature's set-up, after ours and outside any transaction; a failure closes the
+        connection (asyncpg does) and is logged once per kind, never per attempt."""
+        assert self._on_connect is not None
+        try:
+            await self._on_connect(con)
+            if con.is_in_transaction():
+                raise RuntimeError("on_connect left a transaction open")
+        except Exception as exc:
+            failure = f"{type(exc).__name__}: {exc}"
+            if failure != self._setup_failure:
+                self._setup_failure = failure
+                log.error("%s.on_connect_failed %s", self._name, failure)
+            if isinstance(exc, _ACQUIRE_FAILED):
+                raise  # the readiness word says what the server did
+            raise ConnectionSetupFailed() from exc
 
     def _log_if_slow(self, record: LoggedQuery) -> None:
         """DB_SLOW_QUERY_MS: the statement and its duration, never its parameters."""

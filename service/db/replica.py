@@ -18,7 +18,7 @@ from types import TracebackType
 
 from ..settings import Settings
 from .connection import DatabaseUnavailable
-from .pool import Database, HoldWatch, PooledConnection, PoolStats, Proxy
+from .pool import Database, HoldWatch, OnConnect, PooledConnection, PoolStats, Proxy
 from .states import LAGGING, DbState
 
 log = logging.getLogger("service.db")
@@ -162,14 +162,19 @@ class Replicas:
     Owns the replica's Database and its LagMonitor; the primary's Database is the caller's.
     """
 
-    def __init__(self, primary: Database, settings: Settings) -> None:
+    def __init__(
+        self, primary: Database, settings: Settings, *, on_connect: OnConnect | None = None
+    ) -> None:
         self.primary = primary
         self.replica: Database | None = None
         self._monitor: LagMonitor | None = None
         self._fallbacks = dict.fromkeys(FALLBACK_REASONS, 0)
         if settings.replica_url is not None:
             self.replica = Database(
-                settings.for_replica(), name="db_replica", requires_writes=False
+                settings.for_replica(),
+                name="db_replica",
+                requires_writes=False,
+                on_connect=on_connect,
             )
             self._monitor = LagMonitor(primary, self.replica, settings.replica_max_lag)
 

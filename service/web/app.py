@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from typing import TypedDict
 
 from starlette.applications import Starlette
@@ -14,14 +14,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
-from ..db import Database, DatabaseUnavailable, QueryTimeout, Replicas
-from ..db.pool import Proxy
+from ..db import Database, Replicas
+from ..db.pool import OnConnect
 from ..migrations.startup import startup_hook
 from ..settings import Settings
-from . import health
-from .disconnect import SCOPE_KEY
+from . import errors, health
 from .metrics import Metrics
-from .middleware import SERVER_ERROR, RequestMiddleware, route_template
+from .middleware import SERVER_ERROR, RequestMiddleware
 from .tracing import RouteName, Tracing
 
 log = logging.getLogger("service.app")
@@ -37,35 +36,26 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
 
-async def _db_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, DatabaseUnavailable)
-    return JSONResponse(
-        {"error": "database unavailable", "db": exc.reason},
-        status_code=503,
-        headers={"Retry-After": "1"},
-    )
-
-
-async def _query_timeout(request: Request, exc: Exception) -> JSONResponse:
-    # Once per timeout, with the route template; never the query's parameters.
-    route = route_template(request.scope) or request.url.path
-    log.warning("db.query_timeout route=%s method=%s", route, request.method)
-    return JSONResponse(
-        {"error": "database timeout"}, status_code=503, headers={"Retry-After": "1"}
-    )
-
-
 async def _server_error(request: Request, exc: Exception) -> JSONResponse:
     # An error in a middleware outside ours; the traceback goes to the log, never the client.
     return SERVER_ERROR
 
 
-def create_app(settings: Settings | None = None, *, routes: Sequence[BaseRoute] = ()) -> Starlette:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    routes: Sequence[BaseRoute] = (),
+    on_connect: OnConnect | None = None,
+) -> Starlette:
     """Build the app; settings come from the environment unless given.
 
     `routes`: the features' Starlette routes and mounts, served beside health, readiness
-    and metrics (which win on a clash of paths: they come first). Building the app and
-    running its lifespan change nothing process-wide (the serve command tunes the process).
+    and metrics (which win on a clash of paths: they come first). `on_connect(con)`: run
+    once per new physical connection (primary and replica), after the foundation's own
+    set-up (JSON codecs, UTC), outside any transaction: codecs, prepared statements, `SET`s
+    meant for the connection's life. A hook that raises closes that connection, is logged
+    once, and readiness answers `error` while no connection can be set up. Building the
+    app and running its lifespan change nothing process-wide.
     """
     settings = settings or Settings.from_env()
     metrics = Metrics()
@@ -81,8 +71,10 @@ def create_app(settings: Settings | None = None, *, routes: Sequence[BaseRoute] 
             tracing.start()
         try:
             async with (
-                Database(settings, on_connected=[startup_hook(settings)]) as db,
-                Replicas(db, settings) as reads,
+                Database(
+                    settings, on_connected=[startup_hook(settings)], on_connect=on_connect
+                ) as db,
+                Replicas(db, settings, on_connect=on_connect) as reads,
             ):
                 metrics.database, metrics.reads = db, reads
                 yield {"db": db, "reads": reads}
@@ -104,8 +96,7 @@ def create_app(settings: Settings | None = None, *, routes: Sequence[BaseRoute] 
         middleware=middleware,
         exception_handlers={
             HTTPException: _http_error,
-            QueryTimeout: _query_timeout,
-            DatabaseUnavailable: _db_unavailable,
+            **errors.HANDLERS,
             Exception: _server_error,
         },
         lifespan=lifespan,
@@ -116,22 +107,3 @@ def create_app(settings: Settings | None = None, *, routes: Sequence[BaseRoute] 
     app.state.settings = settings
     app.state.metrics = metrics
     return app
-
-
-def db_connection(
-    request: Request, *, read_only: bool = False
-) -> AbstractAsyncContextManager[Proxy]:
-    """The request-scoped connection helper (FastAPI's `Depends(get_db)` session, here).
-
-    `async with db_connection(request) as con:` acquires within DB_ACQUIRE_TIMEOUT and
-    always releases, also when the handler raises; no connection means a 503, and so does a
-    write the server refuses as read-only (`"db": "read_only"`) or a connection that dies
-    under the handler (`"db": "disconnected"`). `read_only=True`: a read replica's
-    connection when one is configured, up and current, else the primary's.
-    """
-    watch = request.scope.get(SCOPE_KEY)  # a client that leaves cancels the query
-    if read_only:
-        reads: Replicas = request.state.reads
-        return reads.connection(watch=watch)
-    db: Database = request.state.db
-    return db.connection(watch=watch)

@@ -42,7 +42,7 @@ def serve(settings: Settings, app: str) -> int:
         workers=settings.workers,
         loop="uvloop",
         http=BoundedHttpToolsProtocol,  # httptools, with the request head bounded
-        log_config=log_config(settings.log_level, settings.log_format),
+        log_config=log_config(settings.log_level, settings.log_format, settings.secrets()),
         access_log=settings.access_log,
         # Typed int, but uvicorn only passes it to asyncio.wait_for, which takes a float.
         timeout_graceful_shutdown=settings.shutdown_timeout,  # type: ignore[arg-type]
