@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import importlib
+import re
 import sys
 from pathlib import Path
 
@@ -206,9 +207,38 @@ async def test_the_readmes_handler_example_runs_as_pasted(
     monkeypatch.setenv("DATABASE_URL", database_url)
     myapp = importlib.import_module("myapp")
     app = myapp.app()
+    order = {"reference": "A-1", "total": 999, "details": {"gift": True}}
     async with running(app) as client:
         await started(app)
-        assert (await client.get("/api/v1/orders/1")).json() == {"id": 1, "total": "9.99"}
+        created = await client.post("/api/v1/orders", json=order)
+        assert created.status_code == 201
+        body = created.json()
+        assert {k: body[k] for k in order} == order
+        assert body["id"] == 1
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", body["created_at"])
+        assert (await client.get("/api/v1/orders/1")).json() == body
+        again = await client.post("/api/v1/orders", json=order)
+        assert (again.status_code, again.json()) == (
+            409,
+            {
+                "error": "unique_violation",
+                "sqlstate": "23505",
+                "constraint": "orders_reference_key",
+            },
+        )
+        negative = await client.post("/api/v1/orders", json={"reference": "A-2", "total": -1})
+        assert (negative.status_code, negative.json()) == (
+            422,
+            {
+                "error": "invalid body",
+                "fields": [{"field": "total", "message": "Expected `int` >= 0"}],
+            },
+        )
+        too_large = await client.get("/api/v1/orders/9223372036854775808")
+        assert (too_large.status_code, too_large.json()) == (
+            400,
+            {"error": "data_exception", "sqlstate": "22000"},  # never the value itself
+        )
         missing = await client.get("/api/v1/orders/2")
         assert (missing.status_code, missing.json()) == (404, {"error": "no such order"})
         assert (await client.get("/api/v1/ready")).status_code == 200

@@ -27,7 +27,7 @@ from service.settings import Settings
 from tests.support.apps import running, started, test_settings
 from tests.support.cluster import Cluster
 from tests.support.polling import wait_until, wait_until_async
-from tests.support.process import ServiceProcess
+from tests.support.process import ServiceProcess, read_response
 from tests.support.writes import CREATE_TABLE
 
 DISCONNECTED = {"error": "database unavailable", "db": "disconnected"}
@@ -193,16 +193,5 @@ def test_an_unhandled_error_answers_500_and_keeps_the_keep_alive_connection(
             two = (b"GET %s HTTP/1.1\r\nHost: t\r\n\r\n" % path for path in PIPELINED)
             sock.sendall(b"".join(two))
             reader = sock.makefile("rb")
-            answers = [_read_response(reader), _read_response(reader)]
+            answers = [read_response(reader), read_response(reader)]
     assert answers == [(500, b'{"error":"internal server error"}'), (200, b'{"status":"ok"}')]
-
-
-def _read_response(reader: Any) -> tuple[int, bytes]:
-    """One HTTP/1.1 response with a Content-Length from a stream: (status, body)."""
-    status = int(reader.readline().split()[1])
-    length = 0
-    while (line := reader.readline()) not in (b"\r\n", b""):
-        name, _, value = line.decode("latin-1").partition(":")
-        if name.lower() == "content-length":
-            length = int(value)
-    return status, reader.read(length)

@@ -48,7 +48,7 @@ async def _server(request: Request) -> JSONResponse:
     return JSONResponse({"port": row["port"], "recovery": row["rec"]})
 
 
-def _app(url: str, **overrides: Any) -> Starlette:
+def _app(url: str, on_connect: Any = None, **overrides: Any) -> Starlette:
     written: list[int] = []
 
     async def write(request: Request) -> JSONResponse:
@@ -60,6 +60,7 @@ def _app(url: str, **overrides: Any) -> Starlette:
     app = create_app(
         test_settings(url, **overrides),
         routes=[Route("/server", _server), Route("/write/{kind}", write, methods=["POST"])],
+        on_connect=on_connect,
     )
     app.state.written = written
     return app
@@ -261,10 +262,10 @@ def test_writes_through_a_switchover_behind_one_address_resume_on_the_new_primar
 # -- read replicas ---------------------------------------------------------------------
 
 
-def _replica_app(pair: Pair, **overrides: Any) -> Starlette:
+def _replica_app(pair: Pair, on_connect: Any = None, **overrides: Any) -> Starlette:
     replica = DatabaseURL.parse(pair.standby.url())
     overrides.setdefault("replica_max_lag", 1.0)  # measured every 0.25 s
-    return _app(pair.primary.url(), replica_url=replica, **overrides)
+    return _app(pair.primary.url(), on_connect, replica_url=replica, **overrides)
 
 
 async def _until_replica(app: Starlette, word: str) -> None:
@@ -281,10 +282,16 @@ async def _metric(client: httpx.AsyncClient, sample: str) -> float:
 
 
 async def test_a_replica_read_runs_on_the_standby(ha_pair: Pair) -> None:
-    app = _replica_app(ha_pair)
+    set_up: set[int] = set()  # the ports on_connect ran on: primary and replica alike
+
+    async def on_connect(con: Any) -> None:
+        set_up.add(await con.fetchval("SELECT inet_server_port()"))
+
+    app = _replica_app(ha_pair, on_connect=on_connect)
     async with running(app) as client:
         await started(app)
         await _until_replica(app, "connected")
+        assert set_up == {ha_pair.primary.port, ha_pair.standby.port}
         replica = await client.get("/server?replica=1")
         assert replica.json() == {"port": ha_pair.standby.port, "recovery": True}
         primary = await client.get("/server")

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from tests.support.cluster import free_port
 from tests.support.polling import wait_until
@@ -143,3 +144,15 @@ class ServiceProcess:
         if self._log is None:
             return ""
         return self._log.read_bytes().decode(errors="replace")
+
+
+def read_response(reader: Any) -> tuple[int, bytes]:
+    """One HTTP/1.1 response with a Content-Length from a stream (`sock.makefile("rb")`):
+    (status, body). For raw-socket tests (pipelining, a head sent without its body)."""
+    status = int(reader.readline().split()[1])
+    length = 0
+    while (line := reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        if name.lower() == "content-length":
+            length = int(value)
+    return status, reader.read(length)

@@ -1,5 +1,6 @@
 """A feature that writes, served by `python -m service serve --app tests.support.writes:app`,
-and a load of writes against it: what a switchover does to writes in flight.
+and a load of writes against it: what a switchover does to writes in flight. (It also
+echoes a JSON body, for tests of body limits on a real server.)
 
 The table is made by `create_table(url)` on the primary before the service starts. A
 write inserts a row in a transaction; `?hold=SECONDS` keeps the transaction open that
@@ -18,10 +19,10 @@ from dataclasses import dataclass, field
 import psycopg
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service import create_app, db_connection
+from service import create_app, db_connection, json_response, read_json
 
 CREATE_TABLE = (
     "CREATE TABLE IF NOT EXISTS fault_writes"
@@ -49,9 +50,17 @@ async def boom(request: Request) -> JSONResponse:
     raise RuntimeError("a handler bug")
 
 
+async def echo(request: Request) -> Response:
+    return json_response(await read_json(request))
+
+
 def app() -> Starlette:
     return create_app(
-        routes=[Route("/write", write, methods=["POST"]), Route("/boom", boom, methods=["GET"])]
+        routes=[
+            Route("/write", write, methods=["POST"]),
+            Route("/boom", boom, methods=["GET"]),
+            Route("/echo", echo, methods=["POST"]),
+        ]
     )
 
 
