@@ -103,3 +103,25 @@ def test_a_replica_is_its_own_word_and_never_fails_readiness() -> None:
         {"componentType": "datastore", "status": "warn", "output": "lagging"}
     ]
     assert "db_replica:status" not in health_json(DbState.CONNECTED, 0.001)["checks"]  # type: ignore[operator]
+
+
+async def test_probes_answered_without_the_router_answer_as_the_routes_do(
+    settings: Settings,
+) -> None:
+    """GET probes take the middleware's fast path; HEAD goes through the router to the same
+    answer: both must say the same thing, and both are counted."""
+    app = create_app(settings)
+    async with running(app) as client:
+        await started(app)
+        for path in ("/api/v1/ready", "/api/v1/health"):
+            fast = await client.get(path)
+            routed = await client.head(path)
+            assert fast.status_code == routed.status_code == 200
+            assert fast.headers == routed.headers
+            assert routed.content == b""
+        metrics = (await client.get("/metrics")).text
+    for method in ("GET", "HEAD"):
+        for route in ("/api/v1/ready", "/api/v1/health"):
+            sample = f'http_requests_total{{method="{method}",route="{route}",status="200"}} 1.0'
+            assert sample in metrics
+    assert 'db_ready_checks_total{outcome="connected"} 2.0' in metrics

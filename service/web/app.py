@@ -88,8 +88,8 @@ def create_app(
 
     app = Starlette(
         routes=[
-            Route("/api/v1/health", health.health, methods=["GET"]),
-            Route("/api/v1/ready", health.ready, methods=["GET"]),
+            Route(health.HEALTH_PATH, health.health, methods=["GET"]),
+            Route(health.READY_PATH, health.ready, methods=["GET"]),
             Route("/metrics", metrics.endpoint, methods=["GET"]),
             *routes,
         ],

@@ -1,15 +1,22 @@
-"""Liveness and readiness routes."""
+"""Liveness and readiness: the routes, and the answers the request middleware gives probes
+directly (service/web/middleware.py) without the router."""
 
 from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import Scope
 
 from ..db import Database, DbState, Replicas
 from ..db.states import REPLICA_WORDS
+from .metrics import Metrics
+
+HEALTH_PATH = "/api/v1/health"
+READY_PATH = "/api/v1/ready"
 
 NO_STORE = {"Cache-Control": "no-store"}
 HEALTH_JSON = "application/health+json"  # IETF draft-inadarei-api-health-check
@@ -64,31 +71,36 @@ async def health(request: Request) -> Response:
 async def ready(request: Request) -> Response:
     """Readiness: one query through the pool (the server answers and takes writes) within
     DB_READY_TIMEOUT; 200 or 503."""
-    db: Database = request.state.db
+    return await readiness(request.scope, request.app.state.metrics)
+
+
+async def readiness(scope: Scope, metrics: Metrics) -> Response:
+    """The readiness answer for a request's scope (the route, or the middleware's fast path)."""
+    state: dict[str, Any] = scope["state"]
+    db: Database = state["db"]
     start = time.perf_counter()
-    state = await db.check()
+    word = await db.check()
     elapsed = time.perf_counter() - start
-    request.app.state.metrics.observe_ready(state, elapsed)
-    ok = state == DbState.CONNECTED
-    status_code = 200 if ok else 503
-    reads: Replicas = request.state.reads
+    metrics.observe_ready(word, elapsed)
+    reads: Replicas = state["reads"]
     replica = reads.word()  # None unless DATABASE_REPLICA_URL is set
-    if wants_health_json(_accept(request)):
+    if wants_health_json(_accept(scope)):
+        status_code = 200 if word == DbState.CONNECTED else 503
         return HealthJSONResponse(
-            health_json(state, elapsed, replica), status_code=status_code, headers=NO_STORE
+            health_json(word, elapsed, replica), status_code=status_code, headers=NO_STORE
         )
     if replica is None:
-        return Prerendered(READY_ANSWERS[state])
-    return Prerendered(READY_ANSWERS_WITH_REPLICA[state, replica])
+        return Prerendered(READY_ANSWERS[word])
+    return Prerendered(READY_ANSWERS_WITH_REPLICA[word, replica])
 
 
-def _accept(request: Request) -> str:
+def _accept(scope: Scope) -> str:
     """The Accept header, read from the scope.
 
     `request.headers.get` builds a Headers object and, when the header is absent, raises
     and catches a KeyError on every probe (docs/performance.md).
     """
-    headers: list[tuple[bytes, bytes]] = request.scope["headers"]
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
     for name, value in headers:  # ASGI names are lower-case
         if name == b"accept":
             return value.decode("latin-1")

@@ -10,10 +10,11 @@ import asyncio
 import logging
 import time
 
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .disconnect import SCOPE_KEY, WATCH_AFTER, DisconnectWatch, Sweeper
+from .health import HEALTH_ANSWER, HEALTH_PATH, READY_PATH, Prerendered, readiness
 from .metrics import Metrics
 
 CLIENT_CLOSED = 499  # nginx's status for a client that left before the answer
@@ -39,6 +40,12 @@ class RequestMiddleware:
     An exception no handler answered becomes a 500 here, its traceback logged: past this
     layer, Starlette would answer and re-raise, and uvicorn would then close the HTTP
     connection, leaving any request the client already sent on it without an answer.
+
+    Probes (`GET /api/v1/health`, `GET /api/v1/ready`) are answered here, without the router:
+    a readiness probe waits for the database's answer, and each frame between here and the
+    route is suspended and resumed with it (the exception layer, the router, the route, the
+    request): half of a probe's cost (docs/performance.md). The routes stay registered, so
+    the router still answers anything else on those paths (HEAD, a trailing slash, 405).
     """
 
     def __init__(self, app: ASGIApp, metrics: Metrics, watch_after: float = WATCH_AFTER) -> None:
@@ -49,6 +56,10 @@ class RequestMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if (path == READY_PATH or path == HEALTH_PATH) and scope["method"] == "GET":
+            await self._probe(path, scope, receive, send)
             return
         start = time.perf_counter()
         handler = asyncio.current_task()
@@ -89,3 +100,18 @@ class RequestMiddleware:
             self.metrics.observe_request(
                 route, scope["method"], status, time.perf_counter() - start
             )
+
+    async def _probe(self, path: str, scope: Scope, receive: Receive, send: Send) -> None:
+        start = time.perf_counter()
+        response: Response
+        try:
+            if path == HEALTH_PATH:
+                response = Prerendered(HEALTH_ANSWER)
+            else:
+                response = await readiness(scope, self.metrics)
+        except Exception:
+            log.exception("http.unhandled_error method=GET route=%s", path)
+            response = SERVER_ERROR
+        await response(scope, receive, send)
+        elapsed = time.perf_counter() - start
+        self.metrics.observe_request(path, "GET", response.status_code, elapsed)
