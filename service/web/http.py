@@ -33,49 +33,51 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """HttpToolsProtocol; a head over MAX_HEAD_BYTES gets a 431, one slower than
     HEAD_TIMEOUT a closed socket.
 
-    Counted per chunk read: the bound is MAX_HEAD_BYTES plus at most one read. The
-    deadline is one timer per connection, not one per request: requests only note when
-    their head began, and the timer compares.
+    Counted per chunk read: the bound is MAX_HEAD_BYTES plus at most one read. The deadline
+    costs a request nothing: no clock is read per request. One timer per connection ticks
+    every HEAD_TIMEOUT / 2, and a head still in progress at three ticks in a row, with no
+    head completed in between, has lasted at least HEAD_TIMEOUT (at most 1.5 times it):
+    the connection is closed. A connection that never sent a byte counts as one in a head;
+    one idle between requests does not (HTTP_KEEPALIVE_TIMEOUT is for that).
     """
 
     max_head_bytes = MAX_HEAD_BYTES
     head_timeout = HEAD_TIMEOUT
+    TICKS = 3  # ticks in a row that saw the same head in progress: >= HEAD_TIMEOUT
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        # Counting: from a connection's start or a message's end to the next headers.
+        # From a connection's start or a message's end to the next headers.
         self._in_head = True
         self._head_bytes = 0
-        # The deadline: from the connection's start (a client that never sends a byte is
-        # closed too) or a request's first byte; None while no head is in progress.
-        self._head_started: float | None = self.loop.time()
-        self._head_timer = self.loop.call_later(self.head_timeout, self._check_head)
+        self._heads = 0  # heads completed on this connection
+        self._refused = False  # answered 431 and closing
+        self._seen = (-1, 0)  # at the last tick: (heads then, ticks in a row in a head)
+        self._head_timer = self.loop.call_later(self.head_timeout / 2, self._tick)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._head_timer.cancel()
         super().connection_lost(exc)
 
     # The callbacks below run for every request: they call the parent's method directly
-    # (no super() object), and the head's start is noted here rather than in a fourth
-    # override (on_message_begin).
+    # (no super() object) and touch only plain attributes.
 
     def data_received(self, data: bytes) -> None:
-        if self.transport.is_closing():
+        if self._refused:
             return
         in_head = self._in_head
         if in_head:
-            if self._head_started is None:  # the first byte of the next request's head
-                self._head_started = self.loop.time()
             self._head_bytes += len(data)
         HttpToolsProtocol.data_received(self, data)
         if in_head and self._in_head and self._head_bytes > self.max_head_bytes:
             self.logger.warning("Request head over %d bytes; answered 431.", self.max_head_bytes)
+            self._refused = True
             self.transport.write(_TOO_LARGE_RESPONSE)
             self.transport.close()
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._head_started = None
+        self._heads += 1
         HttpToolsProtocol.on_headers_complete(self)
 
     def on_message_complete(self) -> None:
@@ -83,15 +85,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True
         self._head_bytes = 0
 
-    def _check_head(self) -> None:
+    def _tick(self) -> None:
         if self.transport.is_closing():
             return
-        delay = self.head_timeout
         responding = self.cycle is not None and not self.cycle.response_complete
-        if self._head_started is not None and not responding:
-            waited = self.loop.time() - self._head_started
-            if waited >= self.head_timeout:
+        started = self._head_bytes > 0 or self._heads == 0  # bytes of a head, or a new one
+        heads, ticks = self._seen
+        if self._in_head and started and not responding:
+            ticks = ticks + 1 if heads == self._heads else 1
+            if ticks >= self.TICKS:
                 self.transport.close()
                 return
-            delay -= waited
-        self._head_timer = self.loop.call_later(delay, self._check_head)
+        else:
+            ticks = 0
+        self._seen = (self._heads, ticks)
+        self._head_timer = self.loop.call_later(self.head_timeout / 2, self._tick)
