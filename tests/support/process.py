@@ -38,10 +38,14 @@ class ServiceProcess:
         capture_output: bool = False,
         app: str | None = None,
         ready_path: str = READY,
+        uvicorn: bool = False,
         **env: str,
     ) -> None:
         self.port = free_port()
         self.app = app  # `serve --app MODULE:FACTORY`; None: the service itself
+        # Plain `uvicorn --factory` (uvloop, httptools) instead of our serve command: an app
+        # that is not the service, served without our protocol (scripts/bench's ceiling).
+        self.uvicorn = uvicorn
         self.ready_path = ready_path  # the first 200 here means started
         self.env = {
             **os.environ,
@@ -78,6 +82,11 @@ class ServiceProcess:
             command = [sys.executable, "-m", "service", "serve"]
             if self.app is not None:
                 command += ["--app", self.app]
+            if self.uvicorn:
+                assert self.app is not None
+                command = [sys.executable, "-m", "uvicorn", self.app, "--factory"]
+                command += ["--loop", "uvloop", "--http", "httptools", "--no-access-log"]
+                command += ["--log-level", "warning", "--port", str(self.port)]
             self.process = subprocess.Popen(
                 command,
                 cwd=ROOT,
