@@ -32,7 +32,7 @@ PROTOCOLS = {
 SERVE = """
 import uvicorn
 from service.web.http import BoundedHttpToolsProtocol
-uvicorn.run("service.app:create_app", factory=True, host="127.0.0.1", port={port},
+uvicorn.run("service.web.app:create_app", factory=True, host="127.0.0.1", port={port},
             loop="uvloop", http={http}, log_level="error", lifespan="on")
 """
 
