@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
+import time
 import tomllib
 import uuid
 from collections.abc import Iterator
@@ -587,6 +589,96 @@ def test_plain_yoyo_waits_for_our_run(empty_url: str, sql_dir: Path) -> None:
     assert plain.wait(60) == 0, plain.communicate()
     plain.communicate()
     assert apply_count(empty_url, "0002_things") == 1
+
+
+GUARD = (
+    "SELECT state, backend_xid, backend_xmin FROM pg_stat_activity "
+    "WHERE application_name LIKE 'service-migrate-guard %'"
+)
+
+
+def not_removable(url: str, table: str) -> int:
+    """VACUUM (VERBOSE) `table`: how many dead rows it had to keep ("not yet removable")."""
+    notices: list[str] = []
+    with psycopg.connect(url, autocommit=True) as con:
+        con.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
+        con.execute(f"VACUUM (VERBOSE) {table}")
+    counts = re.findall(r"(\d+) are dead but not yet removable", "\n".join(notices))
+    assert counts, notices
+    return int(counts[0])
+
+
+def test_the_guard_holds_no_transaction_id_and_no_snapshot(
+    database_url: str, sql_dir: Path
+) -> None:
+    # The server's defaults at their most hostile: the guard must outlive an idle-in-
+    # transaction timeout and keep no snapshot under REPEATABLE READ.
+    with psycopg.connect(database_url, autocommit=True) as con:
+        name = con.execute("SELECT current_database()").fetchone()[0]
+        for setting, value in (
+            ("idle_in_transaction_session_timeout", "200ms"),
+            ("default_transaction_isolation", "repeatable read"),
+        ):
+            con.execute(
+                psycopg.sql.SQL("ALTER DATABASE {} SET {} = {}").format(
+                    psycopg.sql.Identifier(name),
+                    psycopg.sql.Identifier(setting),
+                    psycopg.sql.Literal(value),
+                )
+            )
+    with Runner(Target.parse(database_url), sql_dir) as runner:
+        runner.apply(report=lambda line: None)
+        with psycopg.connect(database_url, autocommit=True) as con:
+            con.execute("INSERT INTO things SELECT generate_series(2, 1001)")
+            con.execute("UPDATE things SET id = -id")  # 1000 dead rows once it commits
+        time.sleep(0.5)  # past the idle-in-transaction timeout
+        assert query(database_url, GUARD) == [("idle in transaction", None, None)]
+        assert not_removable(database_url, "things") == 0
+        with psycopg.connect(database_url, autocommit=True) as con:
+            con.execute("SET lock_timeout = '100ms'")
+            with pytest.raises(psycopg.errors.LockNotAvailable):  # what plain yoyo does
+                con.execute("INSERT INTO yoyo_lock (locked, ctime, pid) VALUES (1, now(), 1)")
+    assert query(database_url, GUARD) == []
+    assert query(database_url, "SELECT count(*) FROM yoyo_lock") == [(0,)]
+
+
+def test_plain_yoyo_waits_for_a_runner_and_goes_on_when_it_is_killed(
+    database_url: str, sql_dir: Path
+) -> None:
+    yoyo = Path(sys.executable).parent / "yoyo"
+    write(
+        sql_dir,
+        "0004_long",
+        "CREATE TABLE long_one (id int);\n"
+        "DO $$ BEGIN PERFORM pg_sleep(coalesce(nullif("
+        "current_setting('service_test.sleep', true), ''), '0')::float); END $$;\n",
+        "DROP TABLE long_one;",
+    )
+    killed = migrate_process(database_url, sql_dir, "apply", PGOPTIONS="-c service_test.sleep=600")
+    wait_until_seen(
+        database_url,
+        "SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%pg_sleep%' "
+        "AND application_name LIKE 'service-migrate %'",
+        killed,
+    )
+    plain = subprocess.Popen(
+        [str(yoyo), "apply", "--batch", "--database",
+         database_url.replace("postgresql://", "postgresql+psycopg://", 1), str(sql_dir)],
+        env=subprocess_env(), cwd=sql_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    wait_until_seen(
+        database_url,
+        "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+        "AND query LIKE '%INSERT INTO \"yoyo_lock\"%'",
+        plain,
+    )
+    killed.send_signal(signal.SIGKILL)
+    killed.communicate()
+    assert plain.wait(60) == 0, plain.communicate()
+    plain.communicate()
+    assert apply_count(database_url, "0004_long") == 1  # by plain yoyo, once
+    assert query(database_url, "SELECT count(*) FROM yoyo_lock") == [(0,)]
 
 
 # -- service start-up ----------------------------------------------------------------------

@@ -38,16 +38,21 @@ class Target:
         return cls(DatabaseURL.parse(url))
 
 
-def connect(target: Target) -> psycopg.Connection[Any]:
-    """A psycopg connection in autocommit mode, named for pg_stat_activity."""
+def connect(target: Target, *, purpose: str = "") -> psycopg.Connection[Any]:
+    """A psycopg connection in autocommit mode, named for pg_stat_activity.
+
+    `service-migrate <host>:<pid>`, or `service-migrate-<purpose> <host>:<pid>` for a
+    runner's second connections (the guard), so that each session says what it is.
+    """
     url = target.url
+    name = f"{APPLICATION_NAME}-{purpose}" if purpose else APPLICATION_NAME
     try:
         return psycopg.connect(
             url.value or "",
             autocommit=True,
             connect_timeout=max(2, round(target.connect_timeout)),
             target_session_attrs=target.session_attrs,
-            application_name=f"{APPLICATION_NAME} {socket.gethostname()}:{os.getpid()}"[:63],
+            application_name=f"{name} {socket.gethostname()}:{os.getpid()}"[:63],
         )
     except psycopg.Error as exc:
         raise MigrationError(f"cannot connect to {url.redacted}: {describe(exc, url)}") from None

@@ -5,8 +5,8 @@ plain `yoyo` CLI keeps working. What we add on top:
 
 - one session advisory lock, held for the whole run on the connection that does the
   work: it dies with a killed runner, and its wait is bounded and names the holder;
-- yoyo's own lock row is inserted in a transaction we never commit, so plain `yoyo`
-  runners wait for us, yet a crash of ours leaves no row behind (lock.py);
+- a second connection holds `yoyo_lock` locked (no transaction id, no snapshot), so plain
+  `yoyo` runners wait for us, yet a crash of ours leaves no row behind (lock.py);
 - each migration and its bookkeeping commit in one transaction (exactly once);
 - a checksum of each applied file in `service_migration_checksums`; edits are refused;
 - short lock waits retried, statement timeouts, no INVALID index left (safety.py).
@@ -54,7 +54,7 @@ YOYO_TABLE = "_yoyo_migration"
 class YoyoBackend(PostgresqlPsycopgBackend):
     """yoyo's backend on the runner's own connection (yoyo's URL parsing never sees ours).
 
-    Its lock is a no-op: the runner holds the migration lock and yoyo's lock row (lock.py)
+    Its lock is a no-op: the runner holds the migration lock and yoyo's lock table (lock.py)
     for the whole run. tests/test_migrations.py names every yoyo method this relies on.
     """
 
@@ -136,8 +136,8 @@ class Runner:
             con.execute(CREATE_CHECKSUM_TABLE)
         backend = self._backend = YoyoBackend(con)
         backend.init_database()
-        self._guard = connect(self.target)
-        lock.hold_yoyo_row(self._guard, deadline)
+        self._guard = connect(self.target, purpose="guard")
+        lock.hold_yoyo_table(self._guard, deadline)
         backend.ensure_internal_schema_updated()
 
     def close(self) -> None:
@@ -146,7 +146,7 @@ class Runner:
             self._watch = None
         for con in (self._guard, self._con):
             if con is not None:
-                con.close()  # rolls back the yoyo row; ends the session, so the lock
+                con.close()  # ends the guard's transaction; ends the session, so the lock
         self._guard = self._con = None
 
     # -- the work ------------------------------------------------------------------------
