@@ -285,7 +285,7 @@ def test_password_never_printed_when_the_database_is_down_or_refuses(
     port = free_port()
     down = f"postgresql+asyncpg://app:Sup3rSecret@127.0.0.1:{port}/app"
     code, out, err = cli(capsys, "apply", "--database", down)
-    assert (code, out) == (1, "")
+    assert (code, out) == (2, "")
     assert err == (
         f"error: cannot connect to postgresql://app:***@127.0.0.1:{port}/app: connection to "
         f'server at "127.0.0.1", port {port} failed: Connection refused\n'
@@ -293,9 +293,85 @@ def test_password_never_printed_when_the_database_is_down_or_refuses(
     info = psycopg.conninfo.conninfo_to_dict(server.admin_url)
     refused = f"postgresql://nobody:Sup3rSecret@{info['host']}:{info['port']}/no_such_db"
     code, _, err = cli(capsys, "list", "--database", refused)
-    assert code == 1 and err.count("\n") == 1
+    assert code == 2 and err.count("\n") == 1
     assert "nobody" in err and "***" in err
     assert "Sup3rSecret" not in out + err
+
+
+@pytest.mark.parametrize(
+    "action",
+    [
+        ["apply"],
+        ["rollback"],
+        ["list"],
+        ["check"],
+        ["accept", "0001_baseline"],
+    ],
+)
+def test_cannot_connect_is_exit_2_for_every_command(
+    capsys: pytest.CaptureFixture[str], action: list[str]
+) -> None:
+    down = f"postgresql://app:Sup3rSecret@127.0.0.1:{free_port()}/app"
+    code, out, err = cli(capsys, *action, "--database", down, "--dir", str(SHIPPED))
+    assert (code, out) == (2, "")
+    assert err.startswith("error: cannot connect to postgresql://app:***@127.0.0.1:")
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_check_says_whether_the_database_is_up_to_date(
+    capsys: pytest.CaptureFixture[str], empty_url: str, sql_dir: Path
+) -> None:
+    args = ("--database", empty_url, "--dir", str(sql_dir))
+    assert cli(capsys, "check", *args) == (
+        1,
+        "pending  0001_baseline\npending  0002_things\npending  0003_thing_one\n",
+        "",
+    )
+    # Read-only: checking created nothing, not even the bookkeeping tables.
+    assert query(empty_url, "SELECT to_regclass('_yoyo_migration')") == [(None,)]
+    assert cli(capsys, "apply", *args)[0] == 0
+    assert cli(capsys, "check", *args) == (0, "up to date: 3 applied\n", "")
+    with (sql_dir / "0002_things.sql").open("a") as f:
+        f.write("-- edited\n")
+    write(sql_dir, "0004_more", "CREATE TABLE more (id int);")
+    assert cli(capsys, "check", *args) == (
+        1,
+        "changed  0002_things (edited after it was applied: restore it, or accept it: "
+        "python -m service migrate accept 0002_things)\npending  0004_more\n",
+        "",
+    )
+    assert cli(capsys, "accept", "0002_things", *args)[0] == 0
+    assert cli(capsys, "apply", *args)[0] == 0
+    # A database ahead of this code (a newer release migrated it) is up to date for it.
+    (sql_dir / "0004_more.sql").unlink()
+    assert cli(capsys, "check", *args) == (
+        0,
+        "missing  0004_more (applied, but no file here: the database is ahead)\n"
+        "up to date: 3 applied\n",
+        "",
+    )
+
+
+def test_check_runs_in_a_read_only_transaction_and_any_error_is_2(
+    capsys: pytest.CaptureFixture[str], server: Server, database_url: str, tmp_path: Path
+) -> None:
+    with migrations.connection.reading(Target.parse(database_url)) as con:
+        assert con.execute("SHOW transaction_read_only").fetchone() == ("on",)
+    code, _, err = cli(capsys, "check", "--dir", str(tmp_path / "nope"))
+    assert (code, err) == (2, f"error: migrations directory {tmp_path / 'nope'} does not exist\n")
+    role = "svc_test_nosee_" + uuid.uuid4().hex[:8]
+    with server.admin() as con:
+        con.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'Sup3rSecret'")
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(database_url)
+        url = f"postgresql://{role}:Sup3rSecret@{info['host']}:{info['port']}/{info['dbname']}"
+        code, out, err = cli(capsys, "check", "--database", url, "--dir", str(SHIPPED))
+    finally:
+        with server.admin() as con:
+            con.execute(f"DROP ROLE {role}")
+    assert (code, out) == (2, "")
+    redacted = f"postgresql://{role}:***@{info['host']}:{info['port']}/{info['dbname']}"
+    assert err == f"error: {redacted}: permission denied for table _yoyo_migration\n"
 
 
 def test_a_database_error_mid_run_is_one_line(

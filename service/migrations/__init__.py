@@ -16,14 +16,22 @@ a different process from the service.
 
 from __future__ import annotations
 
-from .connection import Target
-from .files import MigrationError, MigrationNameError, default_directory, read
+from .connection import CannotConnect, Target
+from .files import (
+    MigrationError,
+    MigrationNameError,
+    MigrationUsageError,
+    default_directory,
+    read,
+)
 from .runner import Runner, apply
 from .status import Status, status
 
 __all__ = [
+    "CannotConnect",
     "MigrationError",
     "MigrationNameError",
+    "MigrationUsageError",
     "Runner",
     "Status",
     "Target",

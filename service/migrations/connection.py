@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +20,10 @@ from ..settings import DatabaseURL, Settings
 from .files import MigrationError
 
 APPLICATION_NAME = "service-migrate"
+
+
+class CannotConnect(MigrationError):
+    """The database did not answer or refused the login: nothing was attempted."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +61,21 @@ def connect(target: Target, *, purpose: str = "") -> psycopg.Connection[Any]:
             application_name=f"{name} {socket.gethostname()}:{os.getpid()}"[:63],
         )
     except psycopg.Error as exc:
-        raise MigrationError(f"cannot connect to {url.redacted}: {describe(exc, url)}") from None
+        raise CannotConnect(f"cannot connect to {url.redacted}: {describe(exc, url)}") from None
+
+
+@contextmanager
+def reading(target: Target) -> Iterator[psycopg.Connection[Any]]:
+    """A connection inside one READ ONLY transaction, for the commands that change nothing.
+
+    The transaction's own setting (BEGIN READ ONLY), never a session SET: behind a
+    transaction-mode PgBouncer a session setting stays on the server connection and is
+    lent to the next client.
+    """
+    with connect(target) as con:
+        con.read_only = True
+        with con.transaction():
+            yield con
 
 
 def describe(exc: BaseException, url: DatabaseURL | None = None) -> str:
