@@ -159,7 +159,7 @@ def test_retry_budget_runs_out_with_one_line_naming_the_blocker(
     ), retried
     assert re.fullmatch(
         rf"error: migration 0003_orders_note\.sql gave up waiting for a lock after "
-        rf"{len(retried) + 1} attempts in \d+\.\ds \(MIGRATE_LOCK_RETRY_BUDGET=1s\): "
+        rf"{len(retried) + 1} attempts, blocked \d+\.\ds \(MIGRATE_LOCK_RETRY_BUDGET=1s\): "
         rf"statement 1 `ALTER TABLE orders ADD COLUMN note text;` was blocked by pid {pid} "
         r"\(application_name 'nightly-report', idle in transaction, transaction open "
         r"\d+\.\ds\) \(rolled back, not recorded\)",
@@ -167,6 +167,40 @@ def test_retry_budget_runs_out_with_one_line_naming_the_blocker(
     ), last
     assert query(database_url, "SELECT count(*) FROM pg_attribute WHERE attname = 'note'") == [(0,)]
     assert cli(capsys, "list", *args)[1].splitlines()[-1] == "pending  0003_orders_note"
+
+
+def test_the_retry_budget_counts_time_blocked_not_time_running(
+    database_url: str, live_dir: Path, blocker: psycopg.Connection[Any]
+) -> None:
+    # Statement 1 runs longer than the whole budget; statement 2 then meets the blocker.
+    write(
+        live_dir,
+        "0003_long_then_blocked",
+        "-- transactional: false\nDO $$ BEGIN PERFORM pg_sleep(1.2); END $$;\n"
+        "ALTER TABLE orders ADD COLUMN note text;\n",
+        "ALTER TABLE orders DROP COLUMN note;",
+    )
+    retries: list[str] = []
+    outcome: list[Any] = []
+    timeouts = Timeouts(lock_timeout=LOCK_TIMEOUT, retry_budget=1)
+
+    def migrate() -> None:
+        try:
+            with Runner(Target.parse(database_url), live_dir, timeouts=timeouts,
+                        on_retry=retries.append) as runner:  # fmt: skip
+                outcome.append(runner.apply(report=lambda line: None))
+        except BaseException as exc:  # reported by the assertion below
+            outcome.append(exc)
+
+    runner = threading.Thread(target=migrate)
+    runner.start()
+    try:
+        wait_for(lambda: retries or outcome, "a retry")
+    finally:
+        blocker.rollback()
+        runner.join(60)
+    assert outcome == [["0003_long_then_blocked"]]
+    assert retries[0].startswith("0003_long_then_blocked.sql statement 2: lock_timeout 0.2s ")
 
 
 # -- statement timeout ----------------------------------------------------------------------

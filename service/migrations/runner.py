@@ -27,11 +27,10 @@ from yoyo.backends.core.postgresql import PostgresqlPsycopgBackend
 from yoyo.connections import parse_uri
 from yoyo.migrations import Migration
 
-from ..backoff import Backoff
 from . import lock, safety
 from .connection import Target, connect, describe
 from .files import MigrationError, checksum, default_directory, read
-from .safety import FIRST_PAUSE, MAX_PAUSE, Blocker, BlockerWatch, Timeouts
+from .safety import Blocker, BlockerWatch, LockRetries, Timeouts
 from .status import (
     APPLIED_QUERY,
     CHECKSUM_TABLE,
@@ -74,8 +73,9 @@ class YoyoBackend(PostgresqlPsycopgBackend):
 class _LockTimedOut(Exception):
     """A statement's lock_timeout ran out (SQLSTATE 55P03): roll back, pause, try again."""
 
-    def __init__(self, number: int, statement: str, blocker: Blocker | None) -> None:
+    def __init__(self, number: int, statement: str, blocker: Blocker | None, waited: float) -> None:
         self.number, self.statement, self.blocker = number, statement, blocker
+        self.waited = waited  # seconds the statement waited for its lock, at most
 
 
 def _log_retry(line: str) -> None:
@@ -238,7 +238,7 @@ class Runner:
             timeouts = self.timeouts.for_file(path) if path.is_file() else self.timeouts
         except ValueError as exc:
             raise MigrationError(str(exc)) from None
-        retries = Backoff(FIRST_PAUSE, MAX_PAUSE, budget=timeouts.retry_budget)
+        retries = LockRetries(timeouts.retry_budget)
         backend = self.backend
         if not m.use_transactions:
             with backend.disable_transactions():
@@ -268,7 +268,7 @@ class Runner:
         direction: str,
         file: str,
         timeouts: Timeouts,
-        retries: Backoff,
+        retries: LockRetries,
     ) -> None:
         assert self._watch is not None
         steps = list(m.steps or ())
@@ -276,6 +276,7 @@ class Runner:
             steps.reverse()
         for number, step in enumerate(steps, 1):
             while True:
+                started = time.monotonic()
                 try:
                     with self._watch.statement(timeouts.lock_timeout):
                         getattr(step, direction)(self.backend)
@@ -292,7 +293,9 @@ class Runner:
                             self.con, raw, exc, max(timeouts.retry_budget, 1.0)
                         )
                     if isinstance(exc, errors.LockNotAvailable) and not index_left:
-                        timed_out = _LockTimedOut(number, statement, self._watch.blocker)
+                        ran = time.monotonic() - started  # a CALL may run long, then wait
+                        waited = min(ran, timeouts.lock_timeout) if timeouts.lock_timeout else ran
+                        timed_out = _LockTimedOut(number, statement, self._watch.blocker, waited)
                         if m.use_transactions:
                             raise timed_out from None
                         self._pause_or_give_up(m, direction, file, timed_out, timeouts, retries)
@@ -311,14 +314,14 @@ class Runner:
         file: str,
         timed_out: _LockTimedOut,
         timeouts: Timeouts,
-        retries: Backoff,
+        retries: LockRetries,
     ) -> None:
         blocker = str(timed_out.blocker or "a session already gone when looked up")
-        pause = retries.next()
+        pause = retries.next(timed_out.waited)
         if pause is None:
             raise MigrationError(
                 f"{_kind(direction)} {file} gave up waiting for a lock after {retries.attempts} "
-                f"attempts in {retries.elapsed:.1f}s "
+                f"attempts, blocked {retries.blocked:.1f}s "
                 f"(MIGRATE_LOCK_RETRY_BUDGET={timeouts.retry_budget:g}s): statement "
                 f"{timed_out.number} `{timed_out.statement}` was blocked by {blocker} ({_left(m)})"
             )

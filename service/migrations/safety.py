@@ -22,6 +22,7 @@ from typing import Any
 import psycopg
 from psycopg import errors, sql
 
+from ..backoff import Backoff
 from ..settings import Settings
 
 # Pauses between attempts (service/backoff.py): 0.25 s doubling to 5 s, each +-20 %, so
@@ -98,6 +99,38 @@ class Timeouts:
                 "`-- statement_timeout: SECONDS` in the file's header)"
             )
         return ""
+
+
+class LockRetries:
+    """The pauses between attempts after lock timeouts, and the budget they draw on.
+
+    The budget (MIGRATE_LOCK_RETRY_BUDGET) counts the time spent blocked: each failed
+    attempt's wait for its lock and the pause after it, never the time statements ran. A
+    batched backfill that runs for an hour and meets a busy row twice is retried twice; a
+    budget of elapsed time would be spent before its first retry.
+    """
+
+    def __init__(self, budget: float) -> None:
+        self.budget = budget
+        self.blocked = 0.0  # seconds: lock waits that ran out, and the pauses after them
+        self._pauses = Backoff(FIRST_PAUSE, MAX_PAUSE)
+
+    @property
+    def attempts(self) -> int:
+        """The attempt under way (1 before any retry)."""
+        return self._pauses.attempts
+
+    def next(self, waited: float) -> float | None:
+        """After an attempt that waited `waited` s for a lock in vain: the pause, or None."""
+        self.blocked += waited
+        left = self.budget - self.blocked
+        if left <= 0:
+            return None
+        pause = self._pauses.next()
+        assert pause is not None  # no budget of its own
+        pause = min(pause, left)
+        self.blocked += pause
+        return pause
 
 
 def _header_seconds(path: Path, name: str, raw: str) -> float:
