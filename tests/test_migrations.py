@@ -306,6 +306,7 @@ def test_password_never_printed_when_the_database_is_down_or_refuses(
         ["list"],
         ["check"],
         ["accept", "0001_baseline"],
+        ["baseline", "0001_baseline"],
     ],
 )
 def test_cannot_connect_is_exit_2_for_every_command(
@@ -397,6 +398,77 @@ def test_a_database_error_mid_run_is_one_line(
 def test_bad_url_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = cli(capsys, "list", "--database", "mysql://root@db/app")
     assert code == 2 and err.startswith("error: --database: scheme 'mysql' is not PostgreSQL")
+
+
+# -- adopting a database: baseline --------------------------------------------------------
+
+# What the original design's Alembic leaves behind (alembic/versions/0001_baseline.py).
+ALEMBIC_VERSION = (
+    "CREATE TABLE alembic_version (version_num varchar(32) NOT NULL, "
+    "CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))",
+    "INSERT INTO alembic_version (version_num) VALUES ('0001_baseline')",
+)
+
+
+def test_baseline_adopts_a_database_alembic_made(
+    capsys: pytest.CaptureFixture[str], empty_url: str, sql_dir: Path
+) -> None:
+    with psycopg.connect(empty_url, autocommit=True) as con:
+        for statement in ALEMBIC_VERSION:
+            con.execute(statement)
+        con.execute("CREATE TABLE things (id int PRIMARY KEY)")  # the schema is there
+        con.execute("INSERT INTO things VALUES (7)")
+    args = ("--database", empty_url, "--dir", str(sql_dir))
+    code, out, err = cli(capsys, "apply", *args)
+    assert (code, out) == (1, "")
+    assert err == (
+        "error: this database was migrated by Alembic (alembic_version '0001_baseline') and no "
+        "migration is recorded here: adopt its schema first with python -m service migrate "
+        "baseline ID (docs/migrations.md, Coming from Alembic)\n"
+    )
+    assert cli(capsys, "baseline", "0002_things", *args) == (
+        0,
+        "found alembic_version '0001_baseline' (not 0002_things: check the schema); left as it "
+        "is: see docs/migrations.md, Coming from Alembic\n"
+        "recorded 0001_baseline\nrecorded 0002_things\n2 recorded as applied, none run\n",
+        "",
+    )
+    assert query(
+        empty_url,
+        "SELECT m.migration_id, l.operation, c.checksum IS NOT NULL FROM _yoyo_migration m "
+        "JOIN _yoyo_log l USING (migration_id) "
+        "LEFT JOIN service_migration_checksums c USING (migration_id) ORDER BY 1",
+    ) == [("0001_baseline", "mark", True), ("0002_things", "mark", True)]
+    assert cli(capsys, "check", *args)[:2] == (1, "pending  0003_thing_one\n")
+    assert cli(capsys, "apply", *args)[:2] == (0, "applied 0003_thing_one\n1 applied\n")
+    assert cli(capsys, "check", *args)[:2] == (0, "up to date: 3 applied\n")
+    assert query(empty_url, "SELECT id FROM things ORDER BY id") == [(1,), (7,)]
+    assert query(empty_url, "SELECT * FROM alembic_version") == [("0001_baseline",)]
+    # Once anything is recorded, baseline refuses: it adopts, it never rewrites a record.
+    code, out, err = cli(capsys, "baseline", "0001_baseline", *args)
+    assert (code, out) == (2, "")
+    assert err == (
+        "error: cannot baseline: 3 migration(s) already recorded here (the latest "
+        "0003_thing_one); baseline adopts a database with none\n"
+    )
+
+
+def test_baseline_refuses_an_unknown_id_and_records_nothing(
+    capsys: pytest.CaptureFixture[str], empty_url: str, sql_dir: Path
+) -> None:
+    args = ("--database", empty_url, "--dir", str(sql_dir))
+    assert cli(capsys, "baseline", "0009_nope", *args) == (
+        2,
+        "",
+        f"error: cannot baseline at 0009_nope: it is not a migration in {sql_dir}\n",
+    )
+    assert cli(capsys, "baseline", "0001_baseline", *args)[:2] == (
+        0,
+        "recorded 0001_baseline\n1 recorded as applied, none run\n",
+    )
+    assert cli(capsys, "list", *args)[1] == (
+        "applied  0001_baseline\npending  0002_things\npending  0003_thing_one\n"
+    )
 
 
 # -- failures ------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""`python -m service migrate apply|rollback|list|check|new|accept`: a line per result or error.
+"""`python -m service migrate apply|rollback|list|check|new|accept|baseline`: a line each.
 
 Exit status: 0 done; 1 the run failed (or, for `check`, the database is not up to date);
 2 nothing was attempted: an operator's mistake, or the database cannot be reached (for
@@ -31,7 +31,8 @@ def add_command(commands: Any) -> None:
     """Register `migrate` on the top-level parser's subcommands."""
     migrate = commands.add_parser(
         "migrate",
-        help="apply, roll back, list, check, create or accept SQL migrations (docs/migrations.md)",
+        help="apply, roll back, list, check, create, accept or baseline SQL migrations "
+        "(docs/migrations.md)",
         description="Plain-SQL migrations (yoyo underneath) under an advisory lock, with "
         "checksums of applied files. Reads DATABASE_URL and .env like the service.",
     )
@@ -63,6 +64,13 @@ def add_command(commands: Any) -> None:
         help="accept the edited content of applied migrations (records the new checksum)",
     )
     accept.add_argument("ids", nargs="+", metavar="MIGRATION", help="e.g. 0002_add_users")
+    baseline = actions.add_parser(
+        "baseline",
+        parents=[common],
+        help="adopt a database whose schema exists: record every migration up to ID as "
+        "applied, running none",
+    )
+    baseline.add_argument("id", metavar="ID", help="the newest migration the schema has")
     migrate.set_defaults(run=run)
 
 
@@ -156,6 +164,23 @@ def _accept(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _baseline(settings: Settings, args: argparse.Namespace) -> int:
+    with _runner(settings, args) as runner:
+        found = runner.alembic_versions()
+        recorded = runner.baseline(args.id)
+    if found is not None:
+        versions = ", ".join(repr(version) for version in found) or "no revision"
+        same = "the same revision" if found == [args.id] else f"not {args.id}: check the schema"
+        print(
+            f"found alembic_version {versions} ({same}); left as it is: see docs/migrations.md, "
+            "Coming from Alembic"
+        )
+    for migration_id in recorded:
+        print(f"recorded {migration_id}")
+    print(f"{len(recorded)} recorded as applied, none run")
+    return 0
+
+
 _ACTIONS = {
     "apply": _apply,
     "rollback": _rollback,
@@ -163,4 +188,5 @@ _ACTIONS = {
     "check": _check,
     "new": _new,
     "accept": _accept,
+    "baseline": _baseline,
 }

@@ -16,24 +16,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import errors
-from yoyo.backends.core.postgresql import PostgresqlPsycopgBackend
-from yoyo.connections import parse_uri
 from yoyo.migrations import Migration
 
 from . import lock, safety
+from .bookkeeping import UPSERT_CHECKSUM, YoyoBackend, alembic_versions, record
 from .connection import Target, connect, describe
-from .files import MigrationError, checksum, default_directory, read
+from .files import MigrationError, MigrationUsageError, checksum, default_directory, read
 from .safety import Blocker, BlockerWatch, LockRetries, Timeouts
 from .status import (
     APPLIED_QUERY,
-    CHECKSUM_TABLE,
     CHECKSUMS_QUERY,
     CREATE_CHECKSUM_TABLE,
     TABLES_EXIST,
@@ -42,32 +39,6 @@ from .status import (
 )
 
 log = logging.getLogger("service.migrations")
-
-UPSERT_CHECKSUM = f"""
-INSERT INTO {CHECKSUM_TABLE} (migration_id, checksum) VALUES (%s, %s)
-ON CONFLICT (migration_id) DO UPDATE SET checksum = excluded.checksum, recorded_at = now()"""
-DELETE_CHECKSUM = f"DELETE FROM {CHECKSUM_TABLE} WHERE migration_id = %s"
-YOYO_TABLE = "_yoyo_migration"
-
-
-class YoyoBackend(PostgresqlPsycopgBackend):
-    """yoyo's backend on the runner's own connection (yoyo's URL parsing never sees ours).
-
-    Its lock is a no-op: the runner holds the migration lock and yoyo's lock table (lock.py)
-    for the whole run. tests/test_migrations.py names every yoyo method this relies on.
-    """
-
-    def __init__(self, con: psycopg.Connection[Any]) -> None:
-        self._given = con
-        super().__init__(parse_uri("postgresql+psycopg://"), YOYO_TABLE)
-
-    def connect(self, dburi: Any) -> psycopg.Connection[Any]:
-        self.schema = None
-        return self._given
-
-    @contextmanager
-    def lock(self, timeout: float = 10) -> Iterator[None]:
-        yield
 
 
 class _LockTimedOut(Exception):
@@ -172,6 +143,47 @@ class Runner:
                 f"it, or accept the new content: python -m service migrate accept {changed[0]}"
             )
 
+    def _refuse_alembic_schema(self) -> None:
+        """A database Alembic migrated, with nothing recorded here: its schema is there."""
+        if self.con.execute(APPLIED_QUERY).fetchone() is not None:
+            return
+        found = alembic_versions(self.con)
+        if found:
+            raise MigrationError(
+                f"this database was migrated by Alembic (alembic_version {found[0]!r}) and no "
+                "migration is recorded here: adopt its schema first with python -m service "
+                "migrate baseline ID (docs/migrations.md, Coming from Alembic)"
+            )
+
+    def alembic_versions(self) -> list[str] | None:
+        """What Alembic's `alembic_version` says, or None when the table is not there."""
+        return alembic_versions(self.con)
+
+    def baseline(self, upto: str) -> list[str]:
+        """Record every migration up to and including `upto` as applied, running none.
+
+        For a database whose schema is already there (Flyway's `baseline`, Alembic's
+        `stamp`): each gets its checksum and a `mark` line in yoyo's log, all in one
+        transaction. Refused when any migration is recorded already.
+        """
+        ordered = list(self.backend.to_apply(self.migrations))  # as apply would run them
+        ids = [m.id for m in ordered]
+        if upto not in [m.id for m in self.migrations]:
+            raise MigrationUsageError(
+                f"cannot baseline at {upto}: it is not a migration in {self.directory}"
+            )
+        recorded = [row[0] for row in self.con.execute(APPLIED_QUERY)]
+        if recorded:
+            raise MigrationUsageError(
+                f"cannot baseline: {len(recorded)} migration(s) already recorded here (the "
+                f"latest {recorded[-1]}); baseline adopts a database with none"
+            )
+        chosen = ordered[: ids.index(upto) + 1]
+        with self.backend.transaction():
+            for m in chosen:
+                record(self.backend, self.con.execute, m, "mark")
+        return [m.id for m in chosen]
+
     def _adopt(self) -> list[str]:
         """Record checksums for migrations applied without one (plain yoyo CLI)."""
         applied = {r[0] for r in self.con.execute(APPLIED_QUERY)}
@@ -186,6 +198,7 @@ class Runner:
     def apply(self, report: Callable[[str], object] = log.info) -> list[str]:
         """Apply every pending migration, each in its own transaction; returns their ids."""
         self._refuse_changed()
+        self._refuse_alembic_schema()
         for migration_id in self._adopt():
             log.info("migrations.adopted %s", migration_id)
         done = []
@@ -332,14 +345,7 @@ class Runner:
         time.sleep(pause)
 
     def _record(self, m: Migration, direction: str) -> None:
-        backend = self.backend
-        if direction == "apply":
-            backend.mark_one(m, log=False)
-            self.con.execute(UPSERT_CHECKSUM, (m.id, checksum(m)))
-        else:
-            backend.unmark_one(m, log=False)
-            self.con.execute(DELETE_CHECKSUM, (m.id,))
-        backend.log_migration(m, direction)
+        record(self.backend, self.con.execute, m, direction)
 
 
 def _kind(direction: str) -> str:
