@@ -22,7 +22,7 @@ from service import create_app, migrations
 from service.migrations import MigrationError, Runner, Target
 from service.migrations.scaffold import new
 from tests.support.apps import running, test_settings
-from tests.support.cluster import free_port
+from tests.support.cluster import bin_dir, free_port
 from tests.support.migrations import SHIPPED, cli, query, with_baseline, write
 from tests.support.polling import wait_until
 from tests.support.servers import Server
@@ -302,6 +302,7 @@ def test_password_never_printed_when_the_database_is_down_or_refuses(
     "action",
     [
         ["apply"],
+        ["apply", "--sql"],
         ["rollback"],
         ["list"],
         ["check"],
@@ -468,6 +469,157 @@ def test_baseline_refuses_an_unknown_id_and_records_nothing(
     )
     assert cli(capsys, "list", *args)[1] == (
         "applied  0001_baseline\npending  0002_things\npending  0003_thing_one\n"
+    )
+
+
+# -- apply --sql: the script a DBA runs ----------------------------------------------------
+
+PSQL = bin_dir() / "psql"
+STATE = (
+    # yoyo's tables and ours, as created: columns, keys.
+    "SELECT table_name, column_name, data_type, is_nullable, coalesce(column_default, '') "
+    "FROM information_schema.columns WHERE table_name IN ('_yoyo_migration', '_yoyo_log', "
+    "'_yoyo_version', 'yoyo_lock', 'service_migration_checksums') ORDER BY 1, 2",
+    "SELECT conrelid::regclass::text, pg_get_constraintdef(oid) FROM pg_constraint "
+    "WHERE conrelid::regclass::text IN ('_yoyo_migration', '_yoyo_log', '_yoyo_version', "
+    "'yoyo_lock', 'service_migration_checksums') ORDER BY 1, 2",
+    # Their rows, in the order they were written.
+    "SELECT migration_hash, migration_id FROM _yoyo_migration ORDER BY applied_at_utc",
+    "SELECT migration_hash, migration_id, operation, username, hostname, comment "
+    "FROM _yoyo_log ORDER BY created_at_utc",
+    "SELECT migration_id, checksum FROM service_migration_checksums ORDER BY 1",
+    "SELECT version FROM _yoyo_version ORDER BY 1",
+    "SELECT count(*) FROM yoyo_lock",
+)
+DATA = ("things", "seen", "seen_outside", "notes")
+
+
+def state(url: str) -> list[Any]:
+    """The schema, yoyo's tables and ours, and the rows of the tables the migrations fill."""
+    found: list[Any] = [catalogue(url)]
+    exists = query(url, "SELECT to_regclass('_yoyo_version') IS NOT NULL")[0][0]
+    found += [query(url, sql) for sql in STATE] if exists else [None]
+    for table in DATA:
+        if query(url, f"SELECT to_regclass('{table}') IS NOT NULL")[0][0]:
+            found.append(query(url, f"SELECT * FROM {table} ORDER BY 1"))
+    return found
+
+
+def psql(url: str, script: Path) -> subprocess.CompletedProcess[str]:
+    command = [str(PSQL), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f", str(script)]
+    return subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def two_empty_urls(server: Server) -> Iterator[tuple[str, str]]:
+    names = [server.create_database() for _ in range(2)]
+    yield server.url(names[0]), server.url(names[1])
+    for name in names:
+        server.drop_database(name)
+
+
+def test_apply_sql_prints_what_apply_runs(
+    capsys: pytest.CaptureFixture[str],
+    two_empty_urls: tuple[str, str],
+    sql_dir: Path,
+    tmp_path: Path,
+) -> None:
+    printed, applied = two_empty_urls
+    write(
+        sql_dir,
+        "0004_timeouts",
+        "-- lock_timeout: 5\n-- statement_timeout: off\n"
+        "CREATE TABLE seen AS SELECT current_setting('lock_timeout') AS lock_timeout, "
+        "current_setting('statement_timeout') AS statement_timeout, "
+        "current_setting('transaction_isolation') AS isolation;\n",
+    )
+    write(
+        sql_dir,
+        "0005_outside",
+        "-- transactional: false\n-- statement_timeout: 30\n"
+        "CREATE INDEX CONCURRENTLY things_desc ON things (id DESC);\n"
+        "CREATE TABLE seen_outside AS SELECT current_setting('lock_timeout') AS lock_timeout, "
+        "current_setting('statement_timeout') AS statement_timeout;\n"
+        "CREATE PROCEDURE fill_things() LANGUAGE plpgsql AS $$\nBEGIN\n"
+        "    FOR i IN 10..12 LOOP INSERT INTO things VALUES (i); COMMIT; END LOOP;\nEND $$;\n"
+        "CALL fill_things();\nDROP PROCEDURE fill_things();\n",
+    )
+
+    def both_ways(number: int) -> str:
+        before = state(printed)
+        code, script, err = cli(capsys, "apply", "--sql", "--database", printed, "--dir",
+                                str(sql_dir))  # fmt: skip
+        assert (code, err) == (0, "")
+        assert state(printed) == before  # printing changed nothing
+        path = tmp_path / f"pending-{number}.sql"
+        path.write_text(script)
+        ran = psql(printed, path)
+        assert ran.returncode == 0, ran.stderr
+        assert cli(capsys, "apply", "--database", applied, "--dir", str(sql_dir))[0] == 0
+        assert state(printed) == state(applied)
+        for url in (printed, applied):
+            assert cli(capsys, "check", "--database", url, "--dir", str(sql_dir))[0] == 0
+        return script
+
+    script = both_ways(1)
+    assert query(printed, "SELECT * FROM seen") == [("5s", "0", "read committed")]
+    assert query(printed, "SELECT * FROM seen_outside") == [("1s", "30s")]
+    assert query(printed, "SELECT id FROM things ORDER BY id") == [(1,), (10,), (11,), (12,)]
+    block = script[script.index("-- 0003_thing_one.sql\n") :].split("COMMIT;")[0].splitlines()
+    assert block[:5] == [
+        "-- 0003_thing_one.sql",
+        "BEGIN;",
+        "SET LOCAL lock_timeout = '1000ms';",
+        "SET LOCAL statement_timeout = '600000ms';",
+        "INSERT INTO things (id) VALUES (1);",
+    ]
+    assert block[5].startswith('INSERT INTO "_yoyo_migration" ')
+    outside = script[script.index("-- 0005_outside.sql (not transactional)\n") :]
+    assert outside.split("BEGIN;")[0].splitlines()[1:3] == [
+        "SET lock_timeout = '1000ms';",
+        "SET statement_timeout = '30000ms';",
+    ]
+
+    # Later: one more migration, with literals psql and psycopg must both leave alone, and one
+    # applied by plain yoyo (no checksum yet) that apply adopts. Printing takes no lock.
+    write(sql_dir, "0006_notes", "CREATE TABLE notes (body text);\n"
+          "INSERT INTO notes VALUES ('50% off; it''s :x $1 \\ %(y)s');\n")  # fmt: skip
+    for url in (printed, applied):
+        with psycopg.connect(url, autocommit=True) as con:
+            con.execute(
+                "DELETE FROM service_migration_checksums WHERE migration_id = '0002_things'"
+            )
+    with Runner(Target.parse(printed), sql_dir):
+        before = state(printed)
+        code, script, _ = cli(capsys, "apply", "--sql", "--database", printed, "--dir",
+                              str(sql_dir))  # fmt: skip
+        assert code == 0  # printed beside a run: it takes no lock ...
+        (tmp_path / "beside.sql").write_text(script)
+        ran = psql(printed, tmp_path / "beside.sql")  # ... and the script will not run beside one
+        assert ran.returncode == 3 and "another migration run holds the migration lock" in (
+            ran.stderr
+        )
+        assert state(printed) == before
+    script = both_ways(2)
+    assert script.count("\nBEGIN;\n") == 1 and "-- 0006_notes.sql" in script
+    assert "VALUES ('0002_things', " in script  # adopted
+    assert query(printed, "SELECT body FROM notes") == [("50% off; it's :x $1 \\ %(y)s",)]
+    assert query(printed, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == [(0,)]
+
+
+def test_apply_sql_refuses_what_apply_refuses(
+    capsys: pytest.CaptureFixture[str], database_url: str, sql_dir: Path
+) -> None:
+    args = ("--database", database_url, "--dir", str(sql_dir))
+    assert cli(capsys, "apply", *args)[0] == 0
+    assert cli(capsys, "apply", "--sql", *args)[1].endswith("-- nothing to apply\n")
+    with (sql_dir / "0002_things.sql").open("a") as f:
+        f.write("-- edited\n")
+    assert cli(capsys, "apply", "--sql", *args) == (
+        1,
+        "",
+        "error: 0002_things.sql was edited after it was applied (checksum differs); restore it, "
+        "or accept the new content: python -m service migrate accept 0002_things\n",
     )
 
 

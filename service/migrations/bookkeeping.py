@@ -18,7 +18,7 @@ from yoyo.backends.core.postgresql import PostgresqlPsycopgBackend
 from yoyo.connections import parse_uri
 from yoyo.migrations import Migration
 
-from .files import checksum
+from .files import MigrationError, checksum
 from .status import CHECKSUM_TABLE
 
 YOYO_TABLE = "_yoyo_migration"
@@ -75,3 +75,16 @@ def alembic_versions(con: psycopg.Connection[Any]) -> list[str] | None:
     if row is None or row[0] is None:
         return None
     return [str(version) for (version,) in con.execute(ALEMBIC_VERSIONS)]
+
+
+def refuse_alembic_schema(con: psycopg.Connection[Any], *, recorded: bool) -> None:
+    """Refuse a database Alembic migrated while nothing is recorded here: its schema is there."""
+    if recorded:
+        return
+    found = alembic_versions(con)
+    if found:
+        raise MigrationError(
+            f"this database was migrated by Alembic (alembic_version {found[0]!r}) and no "
+            "migration is recorded here: adopt its schema first with python -m service "
+            "migrate baseline ID (docs/migrations.md, Coming from Alembic)"
+        )

@@ -18,6 +18,7 @@ import psycopg
 from ..settings import DatabaseURL, Settings
 from .connection import CannotConnect, Target, describe
 from .files import MigrationError, MigrationUsageError
+from .offline import apply_script
 from .runner import Runner
 from .safety import Timeouts
 from .scaffold import new
@@ -42,7 +43,12 @@ def add_command(commands: Any) -> None:
         "--dir", type=Path, metavar="DIR", help="migrations folder (default: the shipped sql/)"
     )
     actions = migrate.add_subparsers(dest="action", required=True, metavar="ACTION")
-    actions.add_parser("apply", parents=[common], help="apply every pending migration")
+    apply = actions.add_parser("apply", parents=[common], help="apply every pending migration")
+    apply.add_argument(
+        "--sql",
+        action="store_true",
+        help="print the SQL apply would run (for psql -v ON_ERROR_STOP=1 -f), change nothing",
+    )
     rollback = actions.add_parser(
         "rollback", parents=[common], help="roll back the newest migration"
     )
@@ -112,6 +118,11 @@ def _runner(settings: Settings, args: argparse.Namespace) -> Runner:
 
 
 def _apply(settings: Settings, args: argparse.Namespace) -> int:
+    if args.sql:
+        target = Target.from_settings(settings)
+        lines = apply_script(target, args.dir, Timeouts.from_settings(settings))
+        print("\n".join(lines))
+        return 0
     with _runner(settings, args) as runner:
         applied = runner.apply(report=_say)
     print(f"{len(applied)} applied" if applied else "nothing to apply")

@@ -32,6 +32,13 @@ FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid
 WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s AND l.objid = %s
   AND l.objsubid = 2
   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"""
+# The same lock, for a script run by psql (`apply --sql`): taken at once, or the script stops.
+TRY_LOCK_OR_STOP = f"""DO $$
+BEGIN
+    IF NOT pg_try_advisory_lock({LOCK_KEY[0]}, {LOCK_KEY[1]}) THEN
+        RAISE EXCEPTION 'another migration run holds the migration lock';
+    END IF;
+END $$"""
 # READ COMMITTED whatever the database's default: a REPEATABLE READ transaction would keep
 # the snapshot of its first SELECT until the run ends.
 GUARD_BEGIN = "BEGIN ISOLATION LEVEL READ COMMITTED"

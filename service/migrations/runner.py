@@ -25,7 +25,13 @@ from psycopg import errors
 from yoyo.migrations import Migration
 
 from . import lock, safety
-from .bookkeeping import UPSERT_CHECKSUM, YoyoBackend, alembic_versions, record
+from .bookkeeping import (
+    UPSERT_CHECKSUM,
+    YoyoBackend,
+    alembic_versions,
+    record,
+    refuse_alembic_schema,
+)
 from .connection import Target, connect, describe
 from .files import MigrationError, MigrationUsageError, checksum, default_directory, read
 from .safety import Blocker, BlockerWatch, LockRetries, Timeouts
@@ -35,10 +41,13 @@ from .status import (
     CREATE_CHECKSUM_TABLE,
     TABLES_EXIST,
     Status,
+    refuse_changed,
     status_of,
 )
 
 log = logging.getLogger("service.migrations")
+
+CHECK_CLIENT = "SET client_connection_check_interval = '1s'"  # PostgreSQL 14+
 
 
 class _LockTimedOut(Exception):
@@ -97,7 +106,7 @@ class Runner:
         if con.info.server_version >= 140000:
             # A runner killed mid-statement: its backend notices within a second and
             # aborts, releasing the lock, instead of finishing a long statement first.
-            con.execute("SET client_connection_check_interval = '1s'")
+            con.execute(CHECK_CLIENT)
         lock.acquire(con, self.lock_timeout)
         self._watch = BlockerWatch(lambda: connect(self.target), con.info.backend_pid)
         # First, so that a role without CREATE on the schema hears so plainly (yoyo's own
@@ -136,24 +145,11 @@ class Runner:
         return status_of(self.con, self.migrations)
 
     def _refuse_changed(self) -> None:
-        changed = [s.id for s in self.status() if s.state == "changed"]
-        if changed:
-            raise MigrationError(
-                f"{changed[0]}.sql was edited after it was applied (checksum differs); restore "
-                f"it, or accept the new content: python -m service migrate accept {changed[0]}"
-            )
+        refuse_changed(self.status())
 
     def _refuse_alembic_schema(self) -> None:
-        """A database Alembic migrated, with nothing recorded here: its schema is there."""
-        if self.con.execute(APPLIED_QUERY).fetchone() is not None:
-            return
-        found = alembic_versions(self.con)
-        if found:
-            raise MigrationError(
-                f"this database was migrated by Alembic (alembic_version {found[0]!r}) and no "
-                "migration is recorded here: adopt its schema first with python -m service "
-                "migrate baseline ID (docs/migrations.md, Coming from Alembic)"
-            )
+        recorded = self.con.execute(APPLIED_QUERY).fetchone() is not None
+        refuse_alembic_schema(self.con, recorded=recorded)
 
     def alembic_versions(self) -> list[str] | None:
         """What Alembic's `alembic_version` says, or None when the table is not there."""

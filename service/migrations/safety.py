@@ -84,12 +84,18 @@ class Timeouts:
                     overrides[name] = _header_seconds(path, name, raw)
         return replace(self, **overrides)
 
+    def statements(self, *, local: bool) -> list[str]:
+        """SET [LOCAL] lock_timeout and statement_timeout: what `apply` runs, and prints."""
+        scope = "SET LOCAL" if local else "SET"
+        return [
+            f"{scope} lock_timeout = '{_ms(self.lock_timeout)}'",
+            f"{scope} statement_timeout = '{_ms(self.statement_timeout)}'",
+        ]
+
     def apply(self, con: psycopg.Connection[Any], *, local: bool) -> None:
         """SET lock_timeout and statement_timeout, for the transaction or the session."""
-        con.execute(
-            "SELECT set_config('lock_timeout', %s, %s), set_config('statement_timeout', %s, %s)",
-            (_ms(self.lock_timeout), local, _ms(self.statement_timeout), local),
-        )
+        for statement in self.statements(local=local):
+            con.execute(statement)
 
     def hint(self, exc: psycopg.Error) -> str:
         """What to add to the error line when the statement timeout cancelled a statement."""
@@ -150,10 +156,13 @@ def _ms(seconds: float) -> str:
     return f"{max(round(seconds * 1000), 1) if seconds > 0 else 0}ms"
 
 
+RESET_TIMEOUTS = ("RESET lock_timeout", "RESET statement_timeout")
+
+
 def reset(con: psycopg.Connection[Any]) -> None:
     """Back to the server's lock_timeout and statement_timeout (after a session-level SET)."""
-    con.execute("RESET lock_timeout")
-    con.execute("RESET statement_timeout")
+    for statement in RESET_TIMEOUTS:
+        con.execute(statement)
 
 
 # -- who blocks us ------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import psycopg
 from yoyo.migrations import MigrationList
 
 from .connection import Target, reading
-from .files import checksum, read
+from .files import MigrationError, checksum, read
 
 CHECKSUM_TABLE = "service_migration_checksums"
 CREATE_CHECKSUM_TABLE = f"""
@@ -60,3 +60,13 @@ def status(target: Target, directory: Path | None = None) -> list[Status]:
     migrations = read(directory)
     with reading(target) as con:
         return status_of(con, migrations)
+
+
+def refuse_changed(states: list[Status]) -> None:
+    """Refuse to run while an applied file was edited (apply, rollback, apply --sql)."""
+    changed = [s.id for s in states if s.state == "changed"]
+    if changed:
+        raise MigrationError(
+            f"{changed[0]}.sql was edited after it was applied (checksum differs); restore "
+            f"it, or accept the new content: python -m service migrate accept {changed[0]}"
+        )
