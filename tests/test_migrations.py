@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 import uuid
@@ -23,7 +24,14 @@ from service.migrations import MigrationError, Runner, Target
 from service.migrations.scaffold import new
 from tests.support.apps import running, test_settings
 from tests.support.cluster import bin_dir, free_port
-from tests.support.migrations import SHIPPED, cli, query, with_baseline, write
+from tests.support.migrations import (
+    SHIPPED,
+    cli,
+    documented_sql,
+    query,
+    with_baseline,
+    write,
+)
 from tests.support.polling import wait_until
 from tests.support.servers import Server
 
@@ -979,6 +987,93 @@ def test_plain_yoyo_waits_for_a_runner_and_goes_on_when_it_is_killed(
     plain.communicate()
     assert apply_count(database_url, "0004_long") == 1  # by plain yoyo, once
     assert query(database_url, "SELECT count(*) FROM yoyo_lock") == [(0,)]
+
+
+# -- batched backfills: the file docs/migrations.md shows ----------------------------------
+
+BACKFILL = "0004_orders_total_cents_backfill"
+GATE_KEY = 4242  # an advisory lock the test holds to stop the backfill at one batch
+
+
+def test_the_documented_backfill_survives_a_killed_runner(database_url: str, sql_dir: Path) -> None:
+    write(
+        sql_dir,
+        "0002_orders",
+        "CREATE TABLE orders (id bigint PRIMARY KEY, total bigint NOT NULL);\n"
+        "INSERT INTO orders SELECT g, g % 1000 FROM generate_series(1, 200000) AS g;\n",
+    )
+    write(sql_dir, "0003_orders_total_cents", "ALTER TABLE orders ADD COLUMN total_cents bigint;")
+    for name in ("0002_things.sql", "0003_thing_one.sql"):
+        (sql_dir / name).unlink()
+    with Runner(Target.parse(database_url), sql_dir) as runner:
+        runner.apply(report=lambda line: None)
+    with psycopg.connect(database_url, autocommit=True) as con:
+        # Every row a committed UPDATE touched, once per time (a statement trigger); and a
+        # gate: the first row of the 11th batch waits for an advisory lock the test holds.
+        con.execute("CREATE TABLE touched (id bigint NOT NULL)")
+        con.execute(
+            "CREATE FUNCTION log_touched() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "INSERT INTO touched SELECT id FROM changed; RETURN NULL; END $$"
+        )
+        con.execute(
+            "CREATE TRIGGER touched AFTER UPDATE ON orders REFERENCING NEW TABLE AS changed "
+            "FOR EACH STATEMENT EXECUTE FUNCTION log_touched()"
+        )
+        con.execute(
+            "CREATE FUNCTION gate() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            f"PERFORM pg_advisory_xact_lock_shared({GATE_KEY}); RETURN NEW; END $$"
+        )
+        con.execute(
+            "CREATE TRIGGER gate BEFORE UPDATE ON orders FOR EACH ROW "
+            "WHEN (OLD.id = 100001) EXECUTE FUNCTION gate()"
+        )
+    write(sql_dir, BACKFILL, documented_sql(f"{BACKFILL}.sql"),
+          documented_sql(f"{BACKFILL}.rollback.sql"))  # fmt: skip
+
+    with psycopg.connect(database_url, autocommit=True, application_name="backfill-gate") as gate:
+        gate.execute("SELECT pg_advisory_lock(%s)", (GATE_KEY,))
+        gate_pid = gate.info.backend_pid
+        killed = migrate_process(
+            database_url, sql_dir, "apply", MIGRATE_STATEMENT_LOCK_TIMEOUT="0.2"
+        )
+        retries: list[str] = []
+        reader = threading.Thread(target=lambda: retries.extend(killed.stderr or ()))
+        reader.start()
+
+        def stopped_at_the_gate() -> bool:
+            assert killed.poll() is None, killed.communicate()
+            progress = "SELECT last_id FROM backfill_progress"
+            ready = query(database_url, "SELECT to_regclass('backfill_progress')")[0][0]
+            return bool(ready and query(database_url, progress) == [(100000,)] and retries)
+
+        wait_until(stopped_at_the_gate, "the backfill retrying at the 11th batch")
+        # The committed batches' old row versions are VACUUM's to remove: the run holds no
+        # transaction id and no snapshot (with the old guard: 100000 kept).
+        assert not_removable(database_url, "orders") == 0
+        killed.send_signal(signal.SIGKILL)
+        reader.join(60)
+        killed.communicate()  # closes the pipes
+    assert retries[0].startswith(
+        f"retry: {BACKFILL}.sql statement 4: lock_timeout 0.2s ran out, blocked by pid "
+        f"{gate_pid} (application_name 'backfill-gate', "
+    ), retries
+    assert query(database_url, "SELECT count(*) FROM touched") == [(100000,)]
+
+    rerun = migrate_process(database_url, sql_dir, "apply")
+    out, err = rerun.communicate(timeout=60)
+    assert (rerun.returncode, out, err) == (0, f"applied {BACKFILL}\n1 applied\n", "")
+    assert query(database_url, "SELECT count(*), count(DISTINCT id) FROM touched") == [
+        (200000, 200000)
+    ]
+    assert query(
+        database_url, "SELECT count(*) FROM orders WHERE total_cents IS DISTINCT FROM total * 100"
+    ) == [(0,)]
+    assert query(
+        database_url,
+        "SELECT last_id, rows_done, finished_at IS NOT NULL FROM backfill_progress",
+    ) == [(200000, 200000, True)]
+    assert apply_count(database_url, BACKFILL) == 1
+    assert query(database_url, "SELECT to_regproc('backfill_orders_total_cents')") == [(None,)]
 
 
 # -- service start-up ----------------------------------------------------------------------

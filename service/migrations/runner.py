@@ -312,7 +312,7 @@ class Runner:
                         continue
                     raise MigrationError(
                         f"{_kind(direction)} {file} failed at statement {number} `{statement}`: "
-                        f"{describe(exc, self.url)}{timeouts.hint(exc)} "
+                        f"{describe(exc, self.url)}{timeouts.hint(exc, statement)} "
                         f"({_left(m)}{index_note})"
                     ) from None
 

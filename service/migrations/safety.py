@@ -97,14 +97,22 @@ class Timeouts:
         for statement in self.statements(local=local):
             con.execute(statement)
 
-    def hint(self, exc: psycopg.Error) -> str:
+    def hint(self, exc: psycopg.Error, statement: str = "") -> str:
         """What to add to the error line when the statement timeout cancelled a statement."""
-        if isinstance(exc, errors.QueryCanceled) and "statement timeout" in str(exc):
-            return (
-                f" after {self.statement_timeout:g}s (MIGRATE_STATEMENT_TIMEOUT, or "
-                "`-- statement_timeout: SECONDS` in the file's header)"
+        if not (isinstance(exc, errors.QueryCanceled) and "statement timeout" in str(exc)):
+            return ""
+        hint = (
+            f" after {self.statement_timeout:g}s (MIGRATE_STATEMENT_TIMEOUT, or "
+            "`-- statement_timeout: SECONDS` in the file's header)"
+        )
+        if statement.lstrip().upper().startswith("CALL"):
+            # PostgreSQL arms the timeout once per statement: COMMITs inside do not re-arm it.
+            hint += (
+                "; the whole CALL is one statement, its batches included: a batched backfill "
+                "needs `-- statement_timeout: off` (or a bound on the whole job), and the "
+                "rerun resumes after its committed batches"
             )
-        return ""
+        return hint
 
 
 class LockRetries:
