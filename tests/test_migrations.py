@@ -37,6 +37,8 @@ from tests.support.servers import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOKKEEPING = ("_yoyo_", "yoyo_lock", "service_migration_checksums")
+# This test's database only: workers may share a server (CI's second pass).
+ACTIVITY = "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND "
 
 CATALOGUE = """
 SELECT 'schema', nspname FROM pg_namespace
@@ -612,7 +614,11 @@ def test_apply_sql_prints_what_apply_runs(
     assert script.count("\nBEGIN;\n") == 1 and "-- 0006_notes.sql" in script
     assert "VALUES ('0002_things', " in script  # adopted
     assert query(printed, "SELECT body FROM notes") == [("50% off; it's :x $1 \\ %(y)s",)]
-    assert query(printed, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == [(0,)]
+    assert query(
+        printed,
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    ) == [(0,)]
 
 
 def test_apply_sql_refuses_what_apply_refuses(
@@ -757,6 +763,21 @@ def test_stale_yoyo_lock_row_is_reported(database_url: str) -> None:
     )
 
 
+def test_a_session_holding_yoyo_lock_is_named_when_the_wait_runs_out(database_url: str) -> None:
+    # E.g. a plain `yoyo break-lock` (a DELETE) left in an open transaction.
+    with psycopg.connect(database_url, application_name="table-holder") as holder:
+        holder.execute("LOCK TABLE yoyo_lock IN ROW EXCLUSIVE MODE")
+        with pytest.raises(MigrationError) as failed:
+            Runner(Target.parse(database_url), SHIPPED, lock_timeout=0.3).__enter__()
+        pid = holder.info.backend_pid
+    assert str(failed.value) == (
+        f"yoyo_lock is locked by pid {pid} (application_name 'table-holder', idle in "
+        "transaction); gave up after MIGRATE_LOCK_TIMEOUT"
+    )
+    with Runner(Target.parse(database_url), SHIPPED, lock_timeout=0.3) as runner:
+        assert runner.apply(report=lambda line: None) == []  # and free again once it is gone
+
+
 def test_concurrent_runners_apply_each_migration_once(empty_url: str, sql_dir: Path) -> None:
     write(
         sql_dir,
@@ -802,7 +823,7 @@ def test_killed_runner_leaves_no_lock_and_the_next_applies_once(
     killed = migrate_process(database_url, sql_dir, "apply", PGOPTIONS="-c service_test.sleep=600")
     wait_until_seen(
         database_url,
-        "SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%pg_sleep%' "
+        ACTIVITY + "state = 'active' AND query LIKE '%pg_sleep%' "
         "AND application_name LIKE 'service-migrate%'",
         killed,
     )
@@ -889,8 +910,7 @@ def test_plain_yoyo_waits_for_our_run(empty_url: str, sql_dir: Path) -> None:
         )
         wait_until_seen(
             empty_url,
-            "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-            "AND query LIKE '%INSERT INTO \"yoyo_lock\"%'",
+            ACTIVITY + "wait_event_type = 'Lock' AND query LIKE '%INSERT INTO \"yoyo_lock\"%'",
             plain,
         )
         assert runner.apply(report=lambda line: None) == [m.id for m in runner.migrations]
@@ -901,7 +921,7 @@ def test_plain_yoyo_waits_for_our_run(empty_url: str, sql_dir: Path) -> None:
 
 GUARD = (
     "SELECT state, backend_xid, backend_xmin FROM pg_stat_activity "
-    "WHERE application_name LIKE 'service-migrate-guard %'"
+    "WHERE datname = current_database() AND application_name LIKE 'service-migrate-guard %'"
 )
 
 
@@ -965,7 +985,7 @@ def test_plain_yoyo_waits_for_a_runner_and_goes_on_when_it_is_killed(
     killed = migrate_process(database_url, sql_dir, "apply", PGOPTIONS="-c service_test.sleep=600")
     wait_until_seen(
         database_url,
-        "SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%pg_sleep%' "
+        ACTIVITY + "state = 'active' AND query LIKE '%pg_sleep%' "
         "AND application_name LIKE 'service-migrate %'",
         killed,
     )
@@ -977,8 +997,7 @@ def test_plain_yoyo_waits_for_a_runner_and_goes_on_when_it_is_killed(
     )  # fmt: skip
     wait_until_seen(
         database_url,
-        "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-        "AND query LIKE '%INSERT INTO \"yoyo_lock\"%'",
+        ACTIVITY + "wait_event_type = 'Lock' AND query LIKE '%INSERT INTO \"yoyo_lock\"%'",
         plain,
     )
     killed.send_signal(signal.SIGKILL)
