@@ -843,16 +843,23 @@ def test_killed_runner_leaves_no_lock_and_the_next_applies_once(
 
 def test_the_yoyo_internals_we_rely_on_are_there() -> None:
     """A yoyo upgrade that moves any of these fails here, by name (pyproject bounds yoyo)."""
+    from yoyo import internalmigrations
     from yoyo.backends.core.postgresql import PostgresqlPsycopgBackend
     from yoyo.migrations import Migration, MigrationStep, TransactionWrapper
+    from yoyo.utils import change_param_style
 
     backend_methods = [
         "init_database", "ensure_internal_schema_updated", "to_apply", "to_rollback",
         "transaction", "disable_transactions", "mark_one", "unmark_one", "log_migration",
         "lock", "connect",
+        # apply --sql: yoyo's writes printed (offline.PrintingBackend)
+        "execute", "begin", "commit", "rollback", "create_lock_table",
+        "_internal_schema_updated", "_in_transaction",
     ]  # fmt: skip
     missing = [name for name in backend_methods if not hasattr(PostgresqlPsycopgBackend, name)]
     assert missing == []
+    assert callable(internalmigrations.needs_upgrading) and callable(internalmigrations.upgrade)
+    assert change_param_style("pyformat", "SELECT :a", {"a": 1}) == ("SELECT %(a)s", {"a": 1})
     for attribute in ("use_transactions", "steps", "load", "path", "id"):
         assert hasattr(Migration, attribute) or attribute in Migration.__init__.__code__.co_names
     step = MigrationStep(1, "SELECT 1", "SELECT 2")
