@@ -1,14 +1,18 @@
 """docker-compose.yml: valid per the Compose specification's schema, and wired as designed.
 
 No Docker engine runs here, so the file is checked, not run: tests/data/compose-spec.json
-is a pinned copy of the specification's JSON schema (tests/data/README.md says whence).
+is a pinned copy of the specification's JSON schema (tests/data/README.md says whence). The
+apps' start command (`migrate check`, then serve) is run, against real PostgreSQL.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +21,8 @@ import pytest
 import yaml
 
 from service.settings import Settings
+from tests.support.cluster import free_port
+from tests.support.servers import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((ROOT / "tests" / "data" / "compose-spec.json").read_text())
@@ -76,6 +82,48 @@ def test_migrate_runs_once_after_a_healthy_db_and_connects_directly() -> None:
     assert migrate["restart"] == "no"
     assert "@db:5432/" in migrate["environment"]["DATABASE_URL"]
     assert "profiles" not in migrate
+
+
+GATE = ["sh", "-c", "python -m service migrate check && exec python -m service serve"]
+
+
+@pytest.mark.parametrize("name", ["app", "app-pgbouncer"])
+def test_the_apps_serve_only_after_migrate_check(name: str) -> None:
+    assert SERVICES[name]["command"] == GATE
+    assert SERVICES[name]["depends_on"]["migrate"] == {
+        "condition": "service_completed_successfully"
+    }
+
+
+def test_the_check_gate_serves_a_migrated_database_only(
+    tmp_path: Path, server: Server, database_url: str
+) -> None:
+    # The gate as the container runs it, `python -m service serve` answering "serving".
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    python = bin_dir / "python"
+    python.write_text(
+        '#!/bin/sh\nif [ "$*" = "-m service serve" ]; then echo serving; exit 0; fi\n'
+        f'exec {sys.executable} "$@"\n'
+    )
+    python.chmod(0o755)
+
+    def gate(url: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env.update(PATH=f"{bin_dir}:{env['PATH']}", DATABASE_URL=url, PYTHONPATH=str(ROOT))
+        return subprocess.run(
+            GATE, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
+
+    pending = server.create_database()
+    try:
+        started = gate(server.url(pending))
+    finally:
+        server.drop_database(pending)
+    assert (started.returncode, started.stdout) == (1, "pending  0001_baseline\n")
+    down = gate(f"postgresql://app@127.0.0.1:{free_port()}/app")
+    assert (down.returncode, down.stdout) == (2, "")
+    assert gate(database_url).stdout == "up to date: 1 applied\nserving\n"
 
 
 def test_app_starts_after_migrations_and_checks_readiness_without_curl() -> None:

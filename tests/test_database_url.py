@@ -300,7 +300,7 @@ def _connect_arguments(settings: Settings) -> dict[str, object]:
     return arguments
 
 
-@pytest.mark.parametrize(("env", "returncode"), [({}, 1), ({"DB_TARGET_SESSION_ATTRS": "any"}, 0)])
+@pytest.mark.parametrize(("env", "returncode"), [({}, 2), ({"DB_TARGET_SESSION_ATTRS": "any"}, 0)])
 def test_migrate_honours_target_session_attrs(
     read_only_url: str, tmp_path: Path, env: dict[str, str], returncode: int
 ) -> None:

@@ -18,7 +18,7 @@ import pytest
 from service.migrations import Runner, Target, safety
 from service.migrations.safety import Timeouts
 from service.migrations.scaffold import new
-from tests.support.migrations import SHIPPED, cli, query, with_baseline, write
+from tests.support.migrations import SHIPPED, cli, documented_sql, query, with_baseline, write
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK_TIMEOUT = 0.2  # short, so that the suite stays fast; the bounds below derive from it
@@ -159,7 +159,7 @@ def test_retry_budget_runs_out_with_one_line_naming_the_blocker(
     ), retried
     assert re.fullmatch(
         rf"error: migration 0003_orders_note\.sql gave up waiting for a lock after "
-        rf"{len(retried) + 1} attempts in \d+\.\ds \(MIGRATE_LOCK_RETRY_BUDGET=1s\): "
+        rf"{len(retried) + 1} attempts, blocked \d+\.\ds \(MIGRATE_LOCK_RETRY_BUDGET=1s\): "
         rf"statement 1 `ALTER TABLE orders ADD COLUMN note text;` was blocked by pid {pid} "
         r"\(application_name 'nightly-report', idle in transaction, transaction open "
         r"\d+\.\ds\) \(rolled back, not recorded\)",
@@ -167,6 +167,40 @@ def test_retry_budget_runs_out_with_one_line_naming_the_blocker(
     ), last
     assert query(database_url, "SELECT count(*) FROM pg_attribute WHERE attname = 'note'") == [(0,)]
     assert cli(capsys, "list", *args)[1].splitlines()[-1] == "pending  0003_orders_note"
+
+
+def test_the_retry_budget_counts_time_blocked_not_time_running(
+    database_url: str, live_dir: Path, blocker: psycopg.Connection[Any]
+) -> None:
+    # Statement 1 runs longer than the whole budget; statement 2 then meets the blocker.
+    write(
+        live_dir,
+        "0003_long_then_blocked",
+        "-- transactional: false\nDO $$ BEGIN PERFORM pg_sleep(1.2); END $$;\n"
+        "ALTER TABLE orders ADD COLUMN note text;\n",
+        "ALTER TABLE orders DROP COLUMN note;",
+    )
+    retries: list[str] = []
+    outcome: list[Any] = []
+    timeouts = Timeouts(lock_timeout=LOCK_TIMEOUT, retry_budget=1)
+
+    def migrate() -> None:
+        try:
+            with Runner(Target.parse(database_url), live_dir, timeouts=timeouts,
+                        on_retry=retries.append) as runner:  # fmt: skip
+                outcome.append(runner.apply(report=lambda line: None))
+        except BaseException as exc:  # reported by the assertion below
+            outcome.append(exc)
+
+    runner = threading.Thread(target=migrate)
+    runner.start()
+    try:
+        wait_for(lambda: retries or outcome, "a retry")
+    finally:
+        blocker.rollback()
+        runner.join(60)
+    assert outcome == [["0003_long_then_blocked"]]
+    assert retries[0].startswith("0003_long_then_blocked.sql statement 2: lock_timeout 0.2s ")
 
 
 # -- statement timeout ----------------------------------------------------------------------
@@ -218,6 +252,34 @@ def test_statement_timeout_and_the_header_override(
         assert runner.apply(report=lambda line: None) == ["0004_outside"]
         settings = "SELECT current_setting('lock_timeout'), current_setting('statement_timeout')"
         assert runner.con.execute(settings).fetchone() == ("0", "0")
+
+
+def test_a_call_cancelled_by_the_statement_timeout_says_what_a_backfill_needs(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    database_url: str,
+    live_dir: Path,
+) -> None:
+    # Each batch (0.1 s) is well inside the timeout; the CALL as a whole is not: COMMIT
+    # inside a procedure does not re-arm statement_timeout.
+    monkeypatch.setenv("MIGRATE_STATEMENT_TIMEOUT", "0.3")
+    write(
+        live_dir,
+        "0003_batches",
+        "-- transactional: false\n"
+        "CREATE PROCEDURE batches() LANGUAGE plpgsql AS $$ BEGIN FOR i IN 1..8 LOOP "
+        "PERFORM pg_sleep(0.1); COMMIT; END LOOP; END $$;\nCALL batches();\n",
+    )
+    code, out, err = cli(capsys, "apply", "--database", database_url, "--dir", str(live_dir))
+    assert (code, out) == (1, "")
+    assert err == (
+        "error: migration 0003_batches.sql failed at statement 2 `CALL batches();`: canceling "
+        "statement due to statement timeout after 0.3s (MIGRATE_STATEMENT_TIMEOUT, or "
+        "`-- statement_timeout: SECONDS` in the file's header); the whole CALL is one "
+        "statement, its batches included: a batched backfill needs `-- statement_timeout: off` "
+        "(or a bound on the whole job), and the rerun resumes after its committed batches "
+        "(NOT transactional: earlier statements stay applied, not recorded)\n"
+    )
 
 
 def test_header_overrides_and_what_the_session_gets(tmp_path: Path, database_url: str) -> None:
@@ -378,6 +440,16 @@ def test_squawk_passes_the_shipped_sql_and_the_new_template(tmp_path: Path) -> N
     with backward.open("a") as f:
         f.write("DROP TABLE users;\n")
     linted = squawk(forward, backward)
+    assert linted.returncode == 0, linted.stdout + linted.stderr
+
+
+def test_squawk_passes_the_documented_backfill(tmp_path: Path) -> None:
+    paths = []
+    for name in ("0004_orders_total_cents_backfill.sql",
+                 "0004_orders_total_cents_backfill.rollback.sql"):  # fmt: skip
+        paths.append(tmp_path / name)
+        paths[-1].write_text(documented_sql(name))
+    linted = squawk(*paths)
     assert linted.returncode == 0, linted.stdout + linted.stderr
 
 

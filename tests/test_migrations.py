@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
+import time
 import tomllib
 import uuid
 from collections.abc import Iterator
@@ -20,13 +23,22 @@ from service import create_app, migrations
 from service.migrations import MigrationError, Runner, Target
 from service.migrations.scaffold import new
 from tests.support.apps import running, test_settings
-from tests.support.cluster import free_port
-from tests.support.migrations import SHIPPED, cli, query, with_baseline, write
+from tests.support.cluster import bin_dir, free_port
+from tests.support.migrations import (
+    SHIPPED,
+    cli,
+    documented_sql,
+    query,
+    with_baseline,
+    write,
+)
 from tests.support.polling import wait_until
 from tests.support.servers import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOKKEEPING = ("_yoyo_", "yoyo_lock", "service_migration_checksums")
+# This test's database only: workers may share a server (CI's second pass).
+ACTIVITY = "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND "
 
 CATALOGUE = """
 SELECT 'schema', nspname FROM pg_namespace
@@ -283,7 +295,7 @@ def test_password_never_printed_when_the_database_is_down_or_refuses(
     port = free_port()
     down = f"postgresql+asyncpg://app:Sup3rSecret@127.0.0.1:{port}/app"
     code, out, err = cli(capsys, "apply", "--database", down)
-    assert (code, out) == (1, "")
+    assert (code, out) == (2, "")
     assert err == (
         f"error: cannot connect to postgresql://app:***@127.0.0.1:{port}/app: connection to "
         f'server at "127.0.0.1", port {port} failed: Connection refused\n'
@@ -291,9 +303,87 @@ def test_password_never_printed_when_the_database_is_down_or_refuses(
     info = psycopg.conninfo.conninfo_to_dict(server.admin_url)
     refused = f"postgresql://nobody:Sup3rSecret@{info['host']}:{info['port']}/no_such_db"
     code, _, err = cli(capsys, "list", "--database", refused)
-    assert code == 1 and err.count("\n") == 1
+    assert code == 2 and err.count("\n") == 1
     assert "nobody" in err and "***" in err
     assert "Sup3rSecret" not in out + err
+
+
+@pytest.mark.parametrize(
+    "action",
+    [
+        ["apply"],
+        ["apply", "--sql"],
+        ["rollback"],
+        ["list"],
+        ["check"],
+        ["accept", "0001_baseline"],
+        ["baseline", "0001_baseline"],
+    ],
+)
+def test_cannot_connect_is_exit_2_for_every_command(
+    capsys: pytest.CaptureFixture[str], action: list[str]
+) -> None:
+    down = f"postgresql://app:Sup3rSecret@127.0.0.1:{free_port()}/app"
+    code, out, err = cli(capsys, *action, "--database", down, "--dir", str(SHIPPED))
+    assert (code, out) == (2, "")
+    assert err.startswith("error: cannot connect to postgresql://app:***@127.0.0.1:")
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_check_says_whether_the_database_is_up_to_date(
+    capsys: pytest.CaptureFixture[str], empty_url: str, sql_dir: Path
+) -> None:
+    args = ("--database", empty_url, "--dir", str(sql_dir))
+    assert cli(capsys, "check", *args) == (
+        1,
+        "pending  0001_baseline\npending  0002_things\npending  0003_thing_one\n",
+        "",
+    )
+    # Read-only: checking created nothing, not even the bookkeeping tables.
+    assert query(empty_url, "SELECT to_regclass('_yoyo_migration')") == [(None,)]
+    assert cli(capsys, "apply", *args)[0] == 0
+    assert cli(capsys, "check", *args) == (0, "up to date: 3 applied\n", "")
+    with (sql_dir / "0002_things.sql").open("a") as f:
+        f.write("-- edited\n")
+    write(sql_dir, "0004_more", "CREATE TABLE more (id int);")
+    assert cli(capsys, "check", *args) == (
+        1,
+        "changed  0002_things (edited after it was applied: restore it, or accept it: "
+        "python -m service migrate accept 0002_things)\npending  0004_more\n",
+        "",
+    )
+    assert cli(capsys, "accept", "0002_things", *args)[0] == 0
+    assert cli(capsys, "apply", *args)[0] == 0
+    # A database ahead of this code (a newer release migrated it) is up to date for it.
+    (sql_dir / "0004_more.sql").unlink()
+    assert cli(capsys, "check", *args) == (
+        0,
+        "missing  0004_more (applied, but no file here: the database is ahead)\n"
+        "up to date: 3 applied\n",
+        "",
+    )
+
+
+def test_check_runs_in_a_read_only_transaction_and_any_error_is_2(
+    capsys: pytest.CaptureFixture[str], server: Server, database_url: str, tmp_path: Path
+) -> None:
+    with migrations.connection.reading(Target.parse(database_url)) as con:
+        assert con.execute("SHOW transaction_read_only").fetchone() == ("on",)
+    code, _, err = cli(capsys, "check", "--dir", str(tmp_path / "nope"))
+    assert (code, err) == (2, f"error: migrations directory {tmp_path / 'nope'} does not exist\n")
+    role = "svc_test_nosee_" + uuid.uuid4().hex[:8]
+    with server.admin() as con:
+        con.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'Sup3rSecret'")
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(database_url)
+        url = f"postgresql://{role}:Sup3rSecret@{info['host']}:{info['port']}/{info['dbname']}"
+        code, out, err = cli(capsys, "check", "--database", url, "--dir", str(SHIPPED))
+    finally:
+        with server.admin() as con:
+            con.execute(f"DROP ROLE {role}")
+    assert (code, out) == (2, "")
+    redacted = f"postgresql://{role}:***@{info['host']}:{info['port']}/{info['dbname']}"
+    assert err == f"error: {redacted}: permission denied for table _yoyo_migration\n"
 
 
 def test_a_database_error_mid_run_is_one_line(
@@ -319,6 +409,232 @@ def test_a_database_error_mid_run_is_one_line(
 def test_bad_url_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = cli(capsys, "list", "--database", "mysql://root@db/app")
     assert code == 2 and err.startswith("error: --database: scheme 'mysql' is not PostgreSQL")
+
+
+# -- adopting a database: baseline --------------------------------------------------------
+
+# What the original design's Alembic leaves behind (alembic/versions/0001_baseline.py).
+ALEMBIC_VERSION = (
+    "CREATE TABLE alembic_version (version_num varchar(32) NOT NULL, "
+    "CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))",
+    "INSERT INTO alembic_version (version_num) VALUES ('0001_baseline')",
+)
+
+
+def test_baseline_adopts_a_database_alembic_made(
+    capsys: pytest.CaptureFixture[str], empty_url: str, sql_dir: Path
+) -> None:
+    with psycopg.connect(empty_url, autocommit=True) as con:
+        for statement in ALEMBIC_VERSION:
+            con.execute(statement)
+        con.execute("CREATE TABLE things (id int PRIMARY KEY)")  # the schema is there
+        con.execute("INSERT INTO things VALUES (7)")
+    args = ("--database", empty_url, "--dir", str(sql_dir))
+    code, out, err = cli(capsys, "apply", *args)
+    assert (code, out) == (1, "")
+    assert err == (
+        "error: this database was migrated by Alembic (alembic_version '0001_baseline') and no "
+        "migration is recorded here: adopt its schema first with python -m service migrate "
+        "baseline ID (docs/migrations.md, Coming from Alembic)\n"
+    )
+    assert cli(capsys, "baseline", "0002_things", *args) == (
+        0,
+        "found alembic_version '0001_baseline' (not 0002_things: check the schema); left as it "
+        "is: see docs/migrations.md, Coming from Alembic\n"
+        "recorded 0001_baseline\nrecorded 0002_things\n2 recorded as applied, none run\n",
+        "",
+    )
+    assert query(
+        empty_url,
+        "SELECT m.migration_id, l.operation, c.checksum IS NOT NULL FROM _yoyo_migration m "
+        "JOIN _yoyo_log l USING (migration_id) "
+        "LEFT JOIN service_migration_checksums c USING (migration_id) ORDER BY 1",
+    ) == [("0001_baseline", "mark", True), ("0002_things", "mark", True)]
+    assert cli(capsys, "check", *args)[:2] == (1, "pending  0003_thing_one\n")
+    assert cli(capsys, "apply", *args)[:2] == (0, "applied 0003_thing_one\n1 applied\n")
+    assert cli(capsys, "check", *args)[:2] == (0, "up to date: 3 applied\n")
+    assert query(empty_url, "SELECT id FROM things ORDER BY id") == [(1,), (7,)]
+    assert query(empty_url, "SELECT * FROM alembic_version") == [("0001_baseline",)]
+    # Once anything is recorded, baseline refuses: it adopts, it never rewrites a record.
+    code, out, err = cli(capsys, "baseline", "0001_baseline", *args)
+    assert (code, out) == (2, "")
+    assert err == (
+        "error: cannot baseline: 3 migration(s) already recorded here (the latest "
+        "0003_thing_one); baseline adopts a database with none\n"
+    )
+
+
+def test_baseline_refuses_an_unknown_id_and_records_nothing(
+    capsys: pytest.CaptureFixture[str], empty_url: str, sql_dir: Path
+) -> None:
+    args = ("--database", empty_url, "--dir", str(sql_dir))
+    assert cli(capsys, "baseline", "0009_nope", *args) == (
+        2,
+        "",
+        f"error: cannot baseline at 0009_nope: it is not a migration in {sql_dir}\n",
+    )
+    assert cli(capsys, "baseline", "0001_baseline", *args)[:2] == (
+        0,
+        "recorded 0001_baseline\n1 recorded as applied, none run\n",
+    )
+    assert cli(capsys, "list", *args)[1] == (
+        "applied  0001_baseline\npending  0002_things\npending  0003_thing_one\n"
+    )
+
+
+# -- apply --sql: the script a DBA runs ----------------------------------------------------
+
+PSQL = bin_dir() / "psql"
+STATE = (
+    # yoyo's tables and ours, as created: columns, keys.
+    "SELECT table_name, column_name, data_type, is_nullable, coalesce(column_default, '') "
+    "FROM information_schema.columns WHERE table_name IN ('_yoyo_migration', '_yoyo_log', "
+    "'_yoyo_version', 'yoyo_lock', 'service_migration_checksums') ORDER BY 1, 2",
+    "SELECT conrelid::regclass::text, pg_get_constraintdef(oid) FROM pg_constraint "
+    "WHERE conrelid::regclass::text IN ('_yoyo_migration', '_yoyo_log', '_yoyo_version', "
+    "'yoyo_lock', 'service_migration_checksums') ORDER BY 1, 2",
+    # Their rows, in the order they were written.
+    "SELECT migration_hash, migration_id FROM _yoyo_migration ORDER BY applied_at_utc",
+    "SELECT migration_hash, migration_id, operation, username, hostname, comment "
+    "FROM _yoyo_log ORDER BY created_at_utc",
+    "SELECT migration_id, checksum FROM service_migration_checksums ORDER BY 1",
+    "SELECT version FROM _yoyo_version ORDER BY 1",
+    "SELECT count(*) FROM yoyo_lock",
+)
+DATA = ("things", "seen", "seen_outside", "notes")
+
+
+def state(url: str) -> list[Any]:
+    """The schema, yoyo's tables and ours, and the rows of the tables the migrations fill."""
+    found: list[Any] = [catalogue(url)]
+    exists = query(url, "SELECT to_regclass('_yoyo_version') IS NOT NULL")[0][0]
+    found += [query(url, sql) for sql in STATE] if exists else [None]
+    for table in DATA:
+        if query(url, f"SELECT to_regclass('{table}') IS NOT NULL")[0][0]:
+            found.append(query(url, f"SELECT * FROM {table} ORDER BY 1"))
+    return found
+
+
+def psql(url: str, script: Path) -> subprocess.CompletedProcess[str]:
+    command = [str(PSQL), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f", str(script)]
+    return subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def two_empty_urls(server: Server) -> Iterator[tuple[str, str]]:
+    names = [server.create_database() for _ in range(2)]
+    yield server.url(names[0]), server.url(names[1])
+    for name in names:
+        server.drop_database(name)
+
+
+def test_apply_sql_prints_what_apply_runs(
+    capsys: pytest.CaptureFixture[str],
+    two_empty_urls: tuple[str, str],
+    sql_dir: Path,
+    tmp_path: Path,
+) -> None:
+    printed, applied = two_empty_urls
+    write(
+        sql_dir,
+        "0004_timeouts",
+        "-- lock_timeout: 5\n-- statement_timeout: off\n"
+        "CREATE TABLE seen AS SELECT current_setting('lock_timeout') AS lock_timeout, "
+        "current_setting('statement_timeout') AS statement_timeout, "
+        "current_setting('transaction_isolation') AS isolation;\n",
+    )
+    write(
+        sql_dir,
+        "0005_outside",
+        "-- transactional: false\n-- statement_timeout: 30\n"
+        "CREATE INDEX CONCURRENTLY things_desc ON things (id DESC);\n"
+        "CREATE TABLE seen_outside AS SELECT current_setting('lock_timeout') AS lock_timeout, "
+        "current_setting('statement_timeout') AS statement_timeout;\n"
+        "CREATE PROCEDURE fill_things() LANGUAGE plpgsql AS $$\nBEGIN\n"
+        "    FOR i IN 10..12 LOOP INSERT INTO things VALUES (i); COMMIT; END LOOP;\nEND $$;\n"
+        "CALL fill_things();\nDROP PROCEDURE fill_things();\n",
+    )
+
+    def both_ways(number: int) -> str:
+        before = state(printed)
+        code, script, err = cli(capsys, "apply", "--sql", "--database", printed, "--dir",
+                                str(sql_dir))  # fmt: skip
+        assert (code, err) == (0, "")
+        assert state(printed) == before  # printing changed nothing
+        path = tmp_path / f"pending-{number}.sql"
+        path.write_text(script)
+        ran = psql(printed, path)
+        assert ran.returncode == 0, ran.stderr
+        assert cli(capsys, "apply", "--database", applied, "--dir", str(sql_dir))[0] == 0
+        assert state(printed) == state(applied)
+        for url in (printed, applied):
+            assert cli(capsys, "check", "--database", url, "--dir", str(sql_dir))[0] == 0
+        return script
+
+    script = both_ways(1)
+    assert query(printed, "SELECT * FROM seen") == [("5s", "0", "read committed")]
+    assert query(printed, "SELECT * FROM seen_outside") == [("1s", "30s")]
+    assert query(printed, "SELECT id FROM things ORDER BY id") == [(1,), (10,), (11,), (12,)]
+    block = script[script.index("-- 0003_thing_one.sql\n") :].split("COMMIT;")[0].splitlines()
+    assert block[:5] == [
+        "-- 0003_thing_one.sql",
+        "BEGIN;",
+        "SET LOCAL lock_timeout = '1000ms';",
+        "SET LOCAL statement_timeout = '600000ms';",
+        "INSERT INTO things (id) VALUES (1);",
+    ]
+    assert block[5].startswith('INSERT INTO "_yoyo_migration" ')
+    outside = script[script.index("-- 0005_outside.sql (not transactional)\n") :]
+    assert outside.split("BEGIN;")[0].splitlines()[1:3] == [
+        "SET lock_timeout = '1000ms';",
+        "SET statement_timeout = '30000ms';",
+    ]
+
+    # Later: one more migration, with literals psql and psycopg must both leave alone, and one
+    # applied by plain yoyo (no checksum yet) that apply adopts. Printing takes no lock.
+    write(sql_dir, "0006_notes", "CREATE TABLE notes (body text);\n"
+          "INSERT INTO notes VALUES ('50% off; it''s :x $1 \\ %(y)s');\n")  # fmt: skip
+    for url in (printed, applied):
+        with psycopg.connect(url, autocommit=True) as con:
+            con.execute(
+                "DELETE FROM service_migration_checksums WHERE migration_id = '0002_things'"
+            )
+    with Runner(Target.parse(printed), sql_dir):
+        before = state(printed)
+        code, script, _ = cli(capsys, "apply", "--sql", "--database", printed, "--dir",
+                              str(sql_dir))  # fmt: skip
+        assert code == 0  # printed beside a run: it takes no lock ...
+        (tmp_path / "beside.sql").write_text(script)
+        ran = psql(printed, tmp_path / "beside.sql")  # ... and the script will not run beside one
+        assert ran.returncode == 3 and "another migration run holds the migration lock" in (
+            ran.stderr
+        )
+        assert state(printed) == before
+    script = both_ways(2)
+    assert script.count("\nBEGIN;\n") == 1 and "-- 0006_notes.sql" in script
+    assert "VALUES ('0002_things', " in script  # adopted
+    assert query(printed, "SELECT body FROM notes") == [("50% off; it's :x $1 \\ %(y)s",)]
+    assert query(
+        printed,
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+        "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    ) == [(0,)]
+
+
+def test_apply_sql_refuses_what_apply_refuses(
+    capsys: pytest.CaptureFixture[str], database_url: str, sql_dir: Path
+) -> None:
+    args = ("--database", database_url, "--dir", str(sql_dir))
+    assert cli(capsys, "apply", *args)[0] == 0
+    assert cli(capsys, "apply", "--sql", *args)[1].endswith("-- nothing to apply\n")
+    with (sql_dir / "0002_things.sql").open("a") as f:
+        f.write("-- edited\n")
+    assert cli(capsys, "apply", "--sql", *args) == (
+        1,
+        "",
+        "error: 0002_things.sql was edited after it was applied (checksum differs); restore it, "
+        "or accept the new content: python -m service migrate accept 0002_things\n",
+    )
 
 
 # -- failures ------------------------------------------------------------------------------
@@ -447,6 +763,21 @@ def test_stale_yoyo_lock_row_is_reported(database_url: str) -> None:
     )
 
 
+def test_a_session_holding_yoyo_lock_is_named_when_the_wait_runs_out(database_url: str) -> None:
+    # E.g. a plain `yoyo break-lock` (a DELETE) left in an open transaction.
+    with psycopg.connect(database_url, application_name="table-holder") as holder:
+        holder.execute("LOCK TABLE yoyo_lock IN ROW EXCLUSIVE MODE")
+        with pytest.raises(MigrationError) as failed:
+            Runner(Target.parse(database_url), SHIPPED, lock_timeout=0.3).__enter__()
+        pid = holder.info.backend_pid
+    assert str(failed.value) == (
+        f"yoyo_lock is locked by pid {pid} (application_name 'table-holder', idle in "
+        "transaction); gave up after MIGRATE_LOCK_TIMEOUT"
+    )
+    with Runner(Target.parse(database_url), SHIPPED, lock_timeout=0.3) as runner:
+        assert runner.apply(report=lambda line: None) == []  # and free again once it is gone
+
+
 def test_concurrent_runners_apply_each_migration_once(empty_url: str, sql_dir: Path) -> None:
     write(
         sql_dir,
@@ -492,7 +823,7 @@ def test_killed_runner_leaves_no_lock_and_the_next_applies_once(
     killed = migrate_process(database_url, sql_dir, "apply", PGOPTIONS="-c service_test.sleep=600")
     wait_until_seen(
         database_url,
-        "SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%pg_sleep%' "
+        ACTIVITY + "state = 'active' AND query LIKE '%pg_sleep%' "
         "AND application_name LIKE 'service-migrate%'",
         killed,
     )
@@ -512,16 +843,23 @@ def test_killed_runner_leaves_no_lock_and_the_next_applies_once(
 
 def test_the_yoyo_internals_we_rely_on_are_there() -> None:
     """A yoyo upgrade that moves any of these fails here, by name (pyproject bounds yoyo)."""
+    from yoyo import internalmigrations
     from yoyo.backends.core.postgresql import PostgresqlPsycopgBackend
     from yoyo.migrations import Migration, MigrationStep, TransactionWrapper
+    from yoyo.utils import change_param_style
 
     backend_methods = [
         "init_database", "ensure_internal_schema_updated", "to_apply", "to_rollback",
         "transaction", "disable_transactions", "mark_one", "unmark_one", "log_migration",
         "lock", "connect",
+        # apply --sql: yoyo's writes printed (offline.PrintingBackend)
+        "execute", "begin", "commit", "rollback", "create_lock_table",
+        "_internal_schema_updated", "_in_transaction",
     ]  # fmt: skip
     missing = [name for name in backend_methods if not hasattr(PostgresqlPsycopgBackend, name)]
     assert missing == []
+    assert callable(internalmigrations.needs_upgrading) and callable(internalmigrations.upgrade)
+    assert change_param_style("pyformat", "SELECT :a", {"a": 1}) == ("SELECT %(a)s", {"a": 1})
     for attribute in ("use_transactions", "steps", "load", "path", "id"):
         assert hasattr(Migration, attribute) or attribute in Migration.__init__.__code__.co_names
     step = MigrationStep(1, "SELECT 1", "SELECT 2")
@@ -579,14 +917,189 @@ def test_plain_yoyo_waits_for_our_run(empty_url: str, sql_dir: Path) -> None:
         )
         wait_until_seen(
             empty_url,
-            "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-            "AND query LIKE '%INSERT INTO \"yoyo_lock\"%'",
+            ACTIVITY + "wait_event_type = 'Lock' AND query LIKE '%INSERT INTO \"yoyo_lock\"%'",
             plain,
         )
         assert runner.apply(report=lambda line: None) == [m.id for m in runner.migrations]
     assert plain.wait(60) == 0, plain.communicate()
     plain.communicate()
     assert apply_count(empty_url, "0002_things") == 1
+
+
+GUARD = (
+    "SELECT state, backend_xid, backend_xmin FROM pg_stat_activity "
+    "WHERE datname = current_database() AND application_name LIKE 'service-migrate-guard %'"
+)
+
+
+def not_removable(url: str, table: str) -> int:
+    """VACUUM (VERBOSE) `table`: how many dead rows it had to keep ("not yet removable")."""
+    notices: list[str] = []
+    with psycopg.connect(url, autocommit=True) as con:
+        con.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
+        con.execute(f"VACUUM (VERBOSE) {table}")
+    counts = re.findall(r"(\d+) are dead but not yet removable", "\n".join(notices))
+    assert counts, notices
+    return int(counts[0])
+
+
+def test_the_guard_holds_no_transaction_id_and_no_snapshot(
+    database_url: str, sql_dir: Path
+) -> None:
+    # The server's defaults at their most hostile: the guard must outlive an idle-in-
+    # transaction timeout and keep no snapshot under REPEATABLE READ.
+    with psycopg.connect(database_url, autocommit=True) as con:
+        name = con.execute("SELECT current_database()").fetchone()[0]
+        for setting, value in (
+            ("idle_in_transaction_session_timeout", "200ms"),
+            ("default_transaction_isolation", "repeatable read"),
+        ):
+            con.execute(
+                psycopg.sql.SQL("ALTER DATABASE {} SET {} = {}").format(
+                    psycopg.sql.Identifier(name),
+                    psycopg.sql.Identifier(setting),
+                    psycopg.sql.Literal(value),
+                )
+            )
+    with Runner(Target.parse(database_url), sql_dir) as runner:
+        runner.apply(report=lambda line: None)
+        with psycopg.connect(database_url, autocommit=True) as con:
+            con.execute("INSERT INTO things SELECT generate_series(2, 1001)")
+            con.execute("UPDATE things SET id = -id")  # 1000 dead rows once it commits
+        time.sleep(0.5)  # past the idle-in-transaction timeout
+        assert query(database_url, GUARD) == [("idle in transaction", None, None)]
+        assert not_removable(database_url, "things") == 0
+        with psycopg.connect(database_url, autocommit=True) as con:
+            con.execute("SET lock_timeout = '100ms'")
+            with pytest.raises(psycopg.errors.LockNotAvailable):  # what plain yoyo does
+                con.execute("INSERT INTO yoyo_lock (locked, ctime, pid) VALUES (1, now(), 1)")
+    assert query(database_url, GUARD) == []
+    assert query(database_url, "SELECT count(*) FROM yoyo_lock") == [(0,)]
+
+
+def test_plain_yoyo_waits_for_a_runner_and_goes_on_when_it_is_killed(
+    database_url: str, sql_dir: Path
+) -> None:
+    yoyo = Path(sys.executable).parent / "yoyo"
+    write(
+        sql_dir,
+        "0004_long",
+        "CREATE TABLE long_one (id int);\n"
+        "DO $$ BEGIN PERFORM pg_sleep(coalesce(nullif("
+        "current_setting('service_test.sleep', true), ''), '0')::float); END $$;\n",
+        "DROP TABLE long_one;",
+    )
+    killed = migrate_process(database_url, sql_dir, "apply", PGOPTIONS="-c service_test.sleep=600")
+    wait_until_seen(
+        database_url,
+        ACTIVITY + "state = 'active' AND query LIKE '%pg_sleep%' "
+        "AND application_name LIKE 'service-migrate %'",
+        killed,
+    )
+    plain = subprocess.Popen(
+        [str(yoyo), "apply", "--batch", "--database",
+         database_url.replace("postgresql://", "postgresql+psycopg://", 1), str(sql_dir)],
+        env=subprocess_env(), cwd=sql_dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    wait_until_seen(
+        database_url,
+        ACTIVITY + "wait_event_type = 'Lock' AND query LIKE '%INSERT INTO \"yoyo_lock\"%'",
+        plain,
+    )
+    killed.send_signal(signal.SIGKILL)
+    killed.communicate()
+    assert plain.wait(60) == 0, plain.communicate()
+    plain.communicate()
+    assert apply_count(database_url, "0004_long") == 1  # by plain yoyo, once
+    assert query(database_url, "SELECT count(*) FROM yoyo_lock") == [(0,)]
+
+
+# -- batched backfills: the file docs/migrations.md shows ----------------------------------
+
+BACKFILL = "0004_orders_total_cents_backfill"
+GATE_KEY = 4242  # an advisory lock the test holds to stop the backfill at one batch
+
+
+def test_the_documented_backfill_survives_a_killed_runner(database_url: str, sql_dir: Path) -> None:
+    write(
+        sql_dir,
+        "0002_orders",
+        "CREATE TABLE orders (id bigint PRIMARY KEY, total bigint NOT NULL);\n"
+        "INSERT INTO orders SELECT g, g % 1000 FROM generate_series(1, 200000) AS g;\n",
+    )
+    write(sql_dir, "0003_orders_total_cents", "ALTER TABLE orders ADD COLUMN total_cents bigint;")
+    for name in ("0002_things.sql", "0003_thing_one.sql"):
+        (sql_dir / name).unlink()
+    with Runner(Target.parse(database_url), sql_dir) as runner:
+        runner.apply(report=lambda line: None)
+    with psycopg.connect(database_url, autocommit=True) as con:
+        # Every row a committed UPDATE touched, once per time (a statement trigger); and a
+        # gate: the first row of the 11th batch waits for an advisory lock the test holds.
+        con.execute("CREATE TABLE touched (id bigint NOT NULL)")
+        con.execute(
+            "CREATE FUNCTION log_touched() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "INSERT INTO touched SELECT id FROM changed; RETURN NULL; END $$"
+        )
+        con.execute(
+            "CREATE TRIGGER touched AFTER UPDATE ON orders REFERENCING NEW TABLE AS changed "
+            "FOR EACH STATEMENT EXECUTE FUNCTION log_touched()"
+        )
+        con.execute(
+            "CREATE FUNCTION gate() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            f"PERFORM pg_advisory_xact_lock_shared({GATE_KEY}); RETURN NEW; END $$"
+        )
+        con.execute(
+            "CREATE TRIGGER gate BEFORE UPDATE ON orders FOR EACH ROW "
+            "WHEN (OLD.id = 100001) EXECUTE FUNCTION gate()"
+        )
+    write(sql_dir, BACKFILL, documented_sql(f"{BACKFILL}.sql"),
+          documented_sql(f"{BACKFILL}.rollback.sql"))  # fmt: skip
+
+    with psycopg.connect(database_url, autocommit=True, application_name="backfill-gate") as gate:
+        gate.execute("SELECT pg_advisory_lock(%s)", (GATE_KEY,))
+        gate_pid = gate.info.backend_pid
+        killed = migrate_process(
+            database_url, sql_dir, "apply", MIGRATE_STATEMENT_LOCK_TIMEOUT="0.2"
+        )
+        retries: list[str] = []
+        reader = threading.Thread(target=lambda: retries.extend(killed.stderr or ()))
+        reader.start()
+
+        def stopped_at_the_gate() -> bool:
+            assert killed.poll() is None, killed.communicate()
+            progress = "SELECT last_id FROM backfill_progress"
+            ready = query(database_url, "SELECT to_regclass('backfill_progress')")[0][0]
+            return bool(ready and query(database_url, progress) == [(100000,)] and retries)
+
+        wait_until(stopped_at_the_gate, "the backfill retrying at the 11th batch")
+        # The committed batches' old row versions are VACUUM's to remove: the run holds no
+        # transaction id and no snapshot (with the old guard: 100000 kept).
+        assert not_removable(database_url, "orders") == 0
+        killed.send_signal(signal.SIGKILL)
+        reader.join(60)
+        killed.communicate()  # closes the pipes
+    assert retries[0].startswith(
+        f"retry: {BACKFILL}.sql statement 4: lock_timeout 0.2s ran out, blocked by pid "
+        f"{gate_pid} (application_name 'backfill-gate', "
+    ), retries
+    assert query(database_url, "SELECT count(*) FROM touched") == [(100000,)]
+
+    rerun = migrate_process(database_url, sql_dir, "apply")
+    out, err = rerun.communicate(timeout=60)
+    assert (rerun.returncode, out, err) == (0, f"applied {BACKFILL}\n1 applied\n", "")
+    assert query(database_url, "SELECT count(*), count(DISTINCT id) FROM touched") == [
+        (200000, 200000)
+    ]
+    assert query(
+        database_url, "SELECT count(*) FROM orders WHERE total_cents IS DISTINCT FROM total * 100"
+    ) == [(0,)]
+    assert query(
+        database_url,
+        "SELECT last_id, rows_done, finished_at IS NOT NULL FROM backfill_progress",
+    ) == [(200000, 200000, True)]
+    assert apply_count(database_url, BACKFILL) == 1
+    assert query(database_url, "SELECT to_regproc('backfill_orders_total_cents')") == [(None,)]
 
 
 # -- service start-up ----------------------------------------------------------------------

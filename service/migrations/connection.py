@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +20,10 @@ from ..settings import DatabaseURL, Settings
 from .files import MigrationError
 
 APPLICATION_NAME = "service-migrate"
+
+
+class CannotConnect(MigrationError):
+    """The database did not answer or refused the login: nothing was attempted."""
 
 
 @dataclass(frozen=True)
@@ -38,19 +44,38 @@ class Target:
         return cls(DatabaseURL.parse(url))
 
 
-def connect(target: Target) -> psycopg.Connection[Any]:
-    """A psycopg connection in autocommit mode, named for pg_stat_activity."""
+def connect(target: Target, *, purpose: str = "") -> psycopg.Connection[Any]:
+    """A psycopg connection in autocommit mode, named for pg_stat_activity.
+
+    `service-migrate <host>:<pid>`, or `service-migrate-<purpose> <host>:<pid>` for a
+    runner's second connections (the guard), so that each session says what it is.
+    """
     url = target.url
+    name = f"{APPLICATION_NAME}-{purpose}" if purpose else APPLICATION_NAME
     try:
         return psycopg.connect(
             url.value or "",
             autocommit=True,
             connect_timeout=max(2, round(target.connect_timeout)),
             target_session_attrs=target.session_attrs,
-            application_name=f"{APPLICATION_NAME} {socket.gethostname()}:{os.getpid()}"[:63],
+            application_name=f"{name} {socket.gethostname()}:{os.getpid()}"[:63],
         )
     except psycopg.Error as exc:
-        raise MigrationError(f"cannot connect to {url.redacted}: {describe(exc, url)}") from None
+        raise CannotConnect(f"cannot connect to {url.redacted}: {describe(exc, url)}") from None
+
+
+@contextmanager
+def reading(target: Target) -> Iterator[psycopg.Connection[Any]]:
+    """A connection inside one READ ONLY transaction, for the commands that change nothing.
+
+    The transaction's own setting (BEGIN READ ONLY), never a session SET: behind a
+    transaction-mode PgBouncer a session setting stays on the server connection and is
+    lent to the next client.
+    """
+    with connect(target) as con:
+        con.read_only = True
+        with con.transaction():
+            yield con
 
 
 def describe(exc: BaseException, url: DatabaseURL | None = None) -> str:

@@ -18,8 +18,12 @@ class MigrationError(Exception):
     """A migration run that cannot go on: one line for the operator, no password."""
 
 
-class MigrationNameError(MigrationError):
-    """`migrate new` was given a name we cannot make a file of (a usage error)."""
+class MigrationUsageError(MigrationError):
+    """An operator's mistake on the command line (a name, an id): nothing was attempted."""
+
+
+class MigrationNameError(MigrationUsageError):
+    """`migrate new` was given a name we cannot make a file of."""
 
 
 def default_directory() -> Path:

@@ -5,8 +5,8 @@ plain `yoyo` CLI keeps working. What we add on top:
 
 - one session advisory lock, held for the whole run on the connection that does the
   work: it dies with a killed runner, and its wait is bounded and names the holder;
-- yoyo's own lock row is inserted in a transaction we never commit, so plain `yoyo`
-  runners wait for us, yet a crash of ours leaves no row behind (lock.py);
+- a second connection holds `yoyo_lock` locked (no transaction id, no snapshot), so plain
+  `yoyo` runners wait for us, yet a crash of ours leaves no row behind (lock.py);
 - each migration and its bookkeeping commit in one transaction (exactly once);
 - a checksum of each applied file in `service_migration_checksums`; edits are refused;
 - short lock waits retried, statement timeouts, no INVALID index left (safety.py).
@@ -16,66 +16,46 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import errors
-from yoyo.backends.core.postgresql import PostgresqlPsycopgBackend
-from yoyo.connections import parse_uri
 from yoyo.migrations import Migration
 
-from ..backoff import Backoff
 from . import lock, safety
+from .bookkeeping import (
+    UPSERT_CHECKSUM,
+    YoyoBackend,
+    alembic_versions,
+    record,
+    refuse_alembic_schema,
+)
 from .connection import Target, connect, describe
-from .files import MigrationError, checksum, default_directory, read
-from .safety import FIRST_PAUSE, MAX_PAUSE, Blocker, BlockerWatch, Timeouts
+from .files import MigrationError, MigrationUsageError, checksum, default_directory, read
+from .safety import Blocker, BlockerWatch, LockRetries, Timeouts
 from .status import (
     APPLIED_QUERY,
-    CHECKSUM_TABLE,
     CHECKSUMS_QUERY,
     CREATE_CHECKSUM_TABLE,
     TABLES_EXIST,
     Status,
+    refuse_changed,
     status_of,
 )
 
 log = logging.getLogger("service.migrations")
 
-UPSERT_CHECKSUM = f"""
-INSERT INTO {CHECKSUM_TABLE} (migration_id, checksum) VALUES (%s, %s)
-ON CONFLICT (migration_id) DO UPDATE SET checksum = excluded.checksum, recorded_at = now()"""
-DELETE_CHECKSUM = f"DELETE FROM {CHECKSUM_TABLE} WHERE migration_id = %s"
-YOYO_TABLE = "_yoyo_migration"
-
-
-class YoyoBackend(PostgresqlPsycopgBackend):
-    """yoyo's backend on the runner's own connection (yoyo's URL parsing never sees ours).
-
-    Its lock is a no-op: the runner holds the migration lock and yoyo's lock row (lock.py)
-    for the whole run. tests/test_migrations.py names every yoyo method this relies on.
-    """
-
-    def __init__(self, con: psycopg.Connection[Any]) -> None:
-        self._given = con
-        super().__init__(parse_uri("postgresql+psycopg://"), YOYO_TABLE)
-
-    def connect(self, dburi: Any) -> psycopg.Connection[Any]:
-        self.schema = None
-        return self._given
-
-    @contextmanager
-    def lock(self, timeout: float = 10) -> Iterator[None]:
-        yield
+CHECK_CLIENT = "SET client_connection_check_interval = '1s'"  # PostgreSQL 14+
 
 
 class _LockTimedOut(Exception):
     """A statement's lock_timeout ran out (SQLSTATE 55P03): roll back, pause, try again."""
 
-    def __init__(self, number: int, statement: str, blocker: Blocker | None) -> None:
+    def __init__(self, number: int, statement: str, blocker: Blocker | None, waited: float) -> None:
         self.number, self.statement, self.blocker = number, statement, blocker
+        self.waited = waited  # seconds the statement waited for its lock, at most
 
 
 def _log_retry(line: str) -> None:
@@ -126,7 +106,7 @@ class Runner:
         if con.info.server_version >= 140000:
             # A runner killed mid-statement: its backend notices within a second and
             # aborts, releasing the lock, instead of finishing a long statement first.
-            con.execute("SET client_connection_check_interval = '1s'")
+            con.execute(CHECK_CLIENT)
         lock.acquire(con, self.lock_timeout)
         self._watch = BlockerWatch(lambda: connect(self.target), con.info.backend_pid)
         # First, so that a role without CREATE on the schema hears so plainly (yoyo's own
@@ -136,8 +116,8 @@ class Runner:
             con.execute(CREATE_CHECKSUM_TABLE)
         backend = self._backend = YoyoBackend(con)
         backend.init_database()
-        self._guard = connect(self.target)
-        lock.hold_yoyo_row(self._guard, deadline)
+        self._guard = connect(self.target, purpose="guard")
+        lock.hold_yoyo_table(self._guard, deadline)
         backend.ensure_internal_schema_updated()
 
     def close(self) -> None:
@@ -146,7 +126,7 @@ class Runner:
             self._watch = None
         for con in (self._guard, self._con):
             if con is not None:
-                con.close()  # rolls back the yoyo row; ends the session, so the lock
+                con.close()  # ends the guard's transaction; ends the session, so the lock
         self._guard = self._con = None
 
     # -- the work ------------------------------------------------------------------------
@@ -165,12 +145,40 @@ class Runner:
         return status_of(self.con, self.migrations)
 
     def _refuse_changed(self) -> None:
-        changed = [s.id for s in self.status() if s.state == "changed"]
-        if changed:
-            raise MigrationError(
-                f"{changed[0]}.sql was edited after it was applied (checksum differs); restore "
-                f"it, or accept the new content: python -m service migrate accept {changed[0]}"
+        refuse_changed(self.status())
+
+    def _refuse_alembic_schema(self) -> None:
+        recorded = self.con.execute(APPLIED_QUERY).fetchone() is not None
+        refuse_alembic_schema(self.con, recorded=recorded)
+
+    def alembic_versions(self) -> list[str] | None:
+        """What Alembic's `alembic_version` says, or None when the table is not there."""
+        return alembic_versions(self.con)
+
+    def baseline(self, upto: str) -> list[str]:
+        """Record every migration up to and including `upto` as applied, running none.
+
+        For a database whose schema is already there (Flyway's `baseline`, Alembic's
+        `stamp`): each gets its checksum and a `mark` line in yoyo's log, all in one
+        transaction. Refused when any migration is recorded already.
+        """
+        ordered = list(self.backend.to_apply(self.migrations))  # as apply would run them
+        ids = [m.id for m in ordered]
+        if upto not in [m.id for m in self.migrations]:
+            raise MigrationUsageError(
+                f"cannot baseline at {upto}: it is not a migration in {self.directory}"
             )
+        recorded = [row[0] for row in self.con.execute(APPLIED_QUERY)]
+        if recorded:
+            raise MigrationUsageError(
+                f"cannot baseline: {len(recorded)} migration(s) already recorded here (the "
+                f"latest {recorded[-1]}); baseline adopts a database with none"
+            )
+        chosen = ordered[: ids.index(upto) + 1]
+        with self.backend.transaction():
+            for m in chosen:
+                record(self.backend, self.con.execute, m, "mark")
+        return [m.id for m in chosen]
 
     def _adopt(self) -> list[str]:
         """Record checksums for migrations applied without one (plain yoyo CLI)."""
@@ -186,6 +194,7 @@ class Runner:
     def apply(self, report: Callable[[str], object] = log.info) -> list[str]:
         """Apply every pending migration, each in its own transaction; returns their ids."""
         self._refuse_changed()
+        self._refuse_alembic_schema()
         for migration_id in self._adopt():
             log.info("migrations.adopted %s", migration_id)
         done = []
@@ -238,7 +247,7 @@ class Runner:
             timeouts = self.timeouts.for_file(path) if path.is_file() else self.timeouts
         except ValueError as exc:
             raise MigrationError(str(exc)) from None
-        retries = Backoff(FIRST_PAUSE, MAX_PAUSE, budget=timeouts.retry_budget)
+        retries = LockRetries(timeouts.retry_budget)
         backend = self.backend
         if not m.use_transactions:
             with backend.disable_transactions():
@@ -268,7 +277,7 @@ class Runner:
         direction: str,
         file: str,
         timeouts: Timeouts,
-        retries: Backoff,
+        retries: LockRetries,
     ) -> None:
         assert self._watch is not None
         steps = list(m.steps or ())
@@ -276,6 +285,7 @@ class Runner:
             steps.reverse()
         for number, step in enumerate(steps, 1):
             while True:
+                started = time.monotonic()
                 try:
                     with self._watch.statement(timeouts.lock_timeout):
                         getattr(step, direction)(self.backend)
@@ -292,7 +302,9 @@ class Runner:
                             self.con, raw, exc, max(timeouts.retry_budget, 1.0)
                         )
                     if isinstance(exc, errors.LockNotAvailable) and not index_left:
-                        timed_out = _LockTimedOut(number, statement, self._watch.blocker)
+                        ran = time.monotonic() - started  # a CALL may run long, then wait
+                        waited = min(ran, timeouts.lock_timeout) if timeouts.lock_timeout else ran
+                        timed_out = _LockTimedOut(number, statement, self._watch.blocker, waited)
                         if m.use_transactions:
                             raise timed_out from None
                         self._pause_or_give_up(m, direction, file, timed_out, timeouts, retries)
@@ -300,7 +312,7 @@ class Runner:
                         continue
                     raise MigrationError(
                         f"{_kind(direction)} {file} failed at statement {number} `{statement}`: "
-                        f"{describe(exc, self.url)}{timeouts.hint(exc)} "
+                        f"{describe(exc, self.url)}{timeouts.hint(exc, statement)} "
                         f"({_left(m)}{index_note})"
                     ) from None
 
@@ -311,14 +323,14 @@ class Runner:
         file: str,
         timed_out: _LockTimedOut,
         timeouts: Timeouts,
-        retries: Backoff,
+        retries: LockRetries,
     ) -> None:
         blocker = str(timed_out.blocker or "a session already gone when looked up")
-        pause = retries.next()
+        pause = retries.next(timed_out.waited)
         if pause is None:
             raise MigrationError(
                 f"{_kind(direction)} {file} gave up waiting for a lock after {retries.attempts} "
-                f"attempts in {retries.elapsed:.1f}s "
+                f"attempts, blocked {retries.blocked:.1f}s "
                 f"(MIGRATE_LOCK_RETRY_BUDGET={timeouts.retry_budget:g}s): statement "
                 f"{timed_out.number} `{timed_out.statement}` was blocked by {blocker} ({_left(m)})"
             )
@@ -329,14 +341,7 @@ class Runner:
         time.sleep(pause)
 
     def _record(self, m: Migration, direction: str) -> None:
-        backend = self.backend
-        if direction == "apply":
-            backend.mark_one(m, log=False)
-            self.con.execute(UPSERT_CHECKSUM, (m.id, checksum(m)))
-        else:
-            backend.unmark_one(m, log=False)
-            self.con.execute(DELETE_CHECKSUM, (m.id,))
-        backend.log_migration(m, direction)
+        record(self.backend, self.con.execute, m, direction)
 
 
 def _kind(direction: str) -> str:

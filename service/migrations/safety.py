@@ -22,6 +22,7 @@ from typing import Any
 import psycopg
 from psycopg import errors, sql
 
+from ..backoff import Backoff
 from ..settings import Settings
 
 # Pauses between attempts (service/backoff.py): 0.25 s doubling to 5 s, each +-20 %, so
@@ -83,21 +84,67 @@ class Timeouts:
                     overrides[name] = _header_seconds(path, name, raw)
         return replace(self, **overrides)
 
+    def statements(self, *, local: bool) -> list[str]:
+        """SET [LOCAL] lock_timeout and statement_timeout: what `apply` runs, and prints."""
+        scope = "SET LOCAL" if local else "SET"
+        return [
+            f"{scope} lock_timeout = '{_ms(self.lock_timeout)}'",
+            f"{scope} statement_timeout = '{_ms(self.statement_timeout)}'",
+        ]
+
     def apply(self, con: psycopg.Connection[Any], *, local: bool) -> None:
         """SET lock_timeout and statement_timeout, for the transaction or the session."""
-        con.execute(
-            "SELECT set_config('lock_timeout', %s, %s), set_config('statement_timeout', %s, %s)",
-            (_ms(self.lock_timeout), local, _ms(self.statement_timeout), local),
-        )
+        for statement in self.statements(local=local):
+            con.execute(statement)
 
-    def hint(self, exc: psycopg.Error) -> str:
+    def hint(self, exc: psycopg.Error, statement: str = "") -> str:
         """What to add to the error line when the statement timeout cancelled a statement."""
-        if isinstance(exc, errors.QueryCanceled) and "statement timeout" in str(exc):
-            return (
-                f" after {self.statement_timeout:g}s (MIGRATE_STATEMENT_TIMEOUT, or "
-                "`-- statement_timeout: SECONDS` in the file's header)"
+        if not (isinstance(exc, errors.QueryCanceled) and "statement timeout" in str(exc)):
+            return ""
+        hint = (
+            f" after {self.statement_timeout:g}s (MIGRATE_STATEMENT_TIMEOUT, or "
+            "`-- statement_timeout: SECONDS` in the file's header)"
+        )
+        if statement.lstrip().upper().startswith("CALL"):
+            # PostgreSQL arms the timeout once per statement: COMMITs inside do not re-arm it.
+            hint += (
+                "; the whole CALL is one statement, its batches included: a batched backfill "
+                "needs `-- statement_timeout: off` (or a bound on the whole job), and the "
+                "rerun resumes after its committed batches"
             )
-        return ""
+        return hint
+
+
+class LockRetries:
+    """The pauses between attempts after lock timeouts, and the budget they draw on.
+
+    The budget (MIGRATE_LOCK_RETRY_BUDGET) counts the time spent blocked: each failed
+    attempt's wait for its lock and the pause after it, never the time statements ran. A
+    batched backfill that runs for an hour and meets a busy row twice is retried twice; a
+    budget of elapsed time would be spent before its first retry.
+    """
+
+    def __init__(self, budget: float) -> None:
+        self.budget = budget
+        self.blocked = 0.0  # seconds: lock waits that ran out, and the pauses after them
+        self._pauses = Backoff(FIRST_PAUSE, MAX_PAUSE)
+
+    @property
+    def attempts(self) -> int:
+        """The attempt under way (1 before any retry)."""
+        return self._pauses.attempts
+
+    def next(self, waited: float) -> float | None:
+        """After an attempt that waited `waited` s for a lock in vain: the pause, or None."""
+        self.blocked += waited
+        left = self.budget - self.blocked
+        if left <= 0:
+            return None
+        pause = self._pauses.next()
+        assert pause is not None  # no budget of its own
+        pause = min(pause, left)
+        self.blocked += pause
+        return pause
 
 
 def _header_seconds(path: Path, name: str, raw: str) -> float:
@@ -117,10 +164,13 @@ def _ms(seconds: float) -> str:
     return f"{max(round(seconds * 1000), 1) if seconds > 0 else 0}ms"
 
 
+RESET_TIMEOUTS = ("RESET lock_timeout", "RESET statement_timeout")
+
+
 def reset(con: psycopg.Connection[Any]) -> None:
     """Back to the server's lock_timeout and statement_timeout (after a session-level SET)."""
-    con.execute("RESET lock_timeout")
-    con.execute("RESET statement_timeout")
+    for statement in RESET_TIMEOUTS:
+        con.execute(statement)
 
 
 # -- who blocks us ------------------------------------------------------------------------

@@ -31,8 +31,9 @@ def new(name: str, directory: Path | None = None) -> tuple[Path, Path]:
         "-- Runs in one transaction. For CREATE INDEX CONCURRENTLY and the like, add a line\n"
         "-- `-- transactional: false` at the top (see docs/migrations.md for the risk).\n"
         "-- Each statement waits at most MIGRATE_STATEMENT_LOCK_TIMEOUT for a lock, then the\n"
-        "-- migration is retried; a long backfill may raise its own limit with a line\n"
-        "-- `-- statement_timeout: SECONDS` up here. scripts/test lints this file (squawk).\n"
+        "-- migration is retried; a long statement may raise its own limit with a line\n"
+        "-- `-- statement_timeout: SECONDS` up here. A backfill of a big table goes in batches:\n"
+        "-- docs/migrations.md, Batched backfills. scripts/test lints this file (squawk).\n"
     )
     backward.write_text(
         f"-- {stem} rollback: undo {stem}.sql, statements in reverse order.\n"

@@ -1,7 +1,8 @@
 """What the database records of the migrations: applied, pending, changed or missing.
 
 yoyo's `_yoyo_migration` says what was applied; `service_migration_checksums` says with
-which content. Read-only: `migrate list` takes no lock, so it works while a run goes on.
+which content. Read-only: `migrate list` and `migrate check` take no lock, so they work
+while a run goes on.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from typing import Any
 import psycopg
 from yoyo.migrations import MigrationList
 
-from .connection import Target, connect
-from .files import checksum, read
+from .connection import Target, reading
+from .files import MigrationError, checksum, read
 
 CHECKSUM_TABLE = "service_migration_checksums"
 CREATE_CHECKSUM_TABLE = f"""
@@ -55,7 +56,17 @@ def status_of(con: psycopg.Connection[Any], migrations: MigrationList) -> list[S
 
 
 def status(target: Target, directory: Path | None = None) -> list[Status]:
-    """`migrate list`: read-only, takes no lock (so it works while a run is going on)."""
+    """`migrate list` and `check`: a READ ONLY transaction and no lock (works during a run)."""
     migrations = read(directory)
-    with connect(target) as con:
+    with reading(target) as con:
         return status_of(con, migrations)
+
+
+def refuse_changed(states: list[Status]) -> None:
+    """Refuse to run while an applied file was edited (apply, rollback, apply --sql)."""
+    changed = [s.id for s in states if s.state == "changed"]
+    if changed:
+        raise MigrationError(
+            f"{changed[0]}.sql was edited after it was applied (checksum differs); restore "
+            f"it, or accept the new content: python -m service migrate accept {changed[0]}"
+        )

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     import pytest
 
 SHIPPED = Path(__file__).resolve().parents[2] / "sql"
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "migrations.md"
 
 
 def with_baseline(directory: Path) -> Path:
@@ -41,3 +42,11 @@ def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 def query(url: str, sql: str) -> list[tuple[Any, ...]]:
     with psycopg.connect(url) as con:
         return con.execute(sql).fetchall()
+
+
+def documented_sql(name: str) -> str:
+    """The ```sql block after the line `sql/NAME`: in docs/migrations.md (tests run the docs)."""
+    text = GUIDE.read_text()
+    opening = f"`sql/{name}`:\n\n```sql\n"
+    start = text.index(opening) + len(opening)
+    return text[start : text.index("```", start)]
