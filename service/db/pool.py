@@ -36,6 +36,7 @@ from .connection import (
     connection_gone,
     discard,
     refuses_writes,
+    tcp_options,
 )
 from .singleflight import SingleFlight
 from .states import DbState
@@ -93,7 +94,7 @@ class PoolArguments(TypedDict):
 def pool_arguments(settings: Settings) -> PoolArguments:
     """The settings as `asyncpg.create_pool` arguments (also scripts/bench's bare pool)."""
     return {
-        "dsn": settings.database_url.value,
+        "dsn": settings.database_url.for_asyncpg().value,  # libpq's TCP parameters: init
         "min_size": settings.pool_min_size,
         "max_size": settings.pool_max_size,
         "max_inactive_connection_lifetime": settings.pool_max_inactive_lifetime,
@@ -190,7 +191,8 @@ class Database:
         requires_writes: bool = True,
     ) -> None:
         self._settings = settings
-        self._hosts = settings.database_url.per_host()
+        self._hosts = settings.database_url.for_asyncpg().per_host()
+        self._tcp_options = tcp_options(settings.database_url.socket_options)
         self._name = name  # the logs' prefix: db.connected, db_replica.lost, …
         self._requires_writes = requires_writes
         self._max_lifetime = settings.pool_max_lifetime
@@ -646,7 +648,9 @@ class Database:
         con = cast(Connection, connection)  # connection_class=Connection
         self._opened += 1
         con.full_reset = self._settings.reset_on_release == "full"
-        con.watch_socket()
+        # Keepalives and the user timeout (asyncpg sets only TCP_NODELAY), and the poll
+        # that tells at acquire whether the server wrote to or closed it meanwhile.
+        con.prepare_socket(self._tcp_options)
         if self._settings.slow_query_ms > 0:
             con.add_query_logger(self._log_if_slow)
         if self._max_lifetime > 0:

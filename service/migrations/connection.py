@@ -39,8 +39,14 @@ class Target:
 
 
 def connect(target: Target) -> psycopg.Connection[Any]:
-    """A psycopg connection in autocommit mode, named for pg_stat_activity."""
+    """A psycopg connection in autocommit mode, named for pg_stat_activity.
+
+    libpq applies the URL's keepalives and tcp_user_timeout itself; those it does not
+    name get the service's defaults (libpq's own leave a vanished server's socket open
+    for hours).
+    """
     url = target.url
+    tcp: dict[str, Any] = url.socket_options.libpq()  # the URL's values where it names them
     try:
         return psycopg.connect(
             url.value or "",
@@ -48,6 +54,7 @@ def connect(target: Target) -> psycopg.Connection[Any]:
             connect_timeout=max(2, round(target.connect_timeout)),
             target_session_attrs=target.session_attrs,
             application_name=f"{APPLICATION_NAME} {socket.gethostname()}:{os.getpid()}"[:63],
+            **tcp,
         )
     except psycopg.Error as exc:
         raise MigrationError(f"cannot connect to {url.redacted}: {describe(exc, url)}") from None
