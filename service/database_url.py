@@ -134,6 +134,10 @@ class DatabaseURL:
             return self
         return replace(self, value=replace(parts, query=query).unsplit(parts.userinfo))
 
+    def param(self, key: str) -> str | None:
+        """The URL's query parameter `key`, decoded; None if it has none."""
+        return None if self.value is None else self._parts().param(key)
+
     def _parts(self) -> _URLParts:
         assert self.value is not None
         return _URLParts.split(self.value.partition("://")[2], "DATABASE_URL")

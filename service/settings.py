@@ -164,6 +164,9 @@ class Settings:
     close_timeout: float = setting("DB_CLOSE_TIMEOUT", _seconds(), 10.0)
     reset_on_release: str = setting("DB_RESET_ON_RELEASE", _choice("rollback", "full"), "rollback")
     slow_query_ms: float = setting("DB_SLOW_QUERY_MS", _milliseconds, 0.0)
+    idle_in_transaction_timeout: float = setting(
+        "DB_IDLE_IN_TRANSACTION_TIMEOUT", _seconds(allow_zero=True), 60.0
+    )
     migrate_on_startup: bool = setting("DB_MIGRATE_ON_STARTUP", _boolean, False)
     migrate_lock_timeout: float = setting("MIGRATE_LOCK_TIMEOUT", _seconds(allow_zero=True), 60.0)
     migrate_statement_lock_timeout: float = setting(

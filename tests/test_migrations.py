@@ -447,6 +447,33 @@ def test_stale_yoyo_lock_row_is_reported(database_url: str) -> None:
     )
 
 
+def test_a_role_s_idle_in_transaction_timeout_never_ends_the_run_s_yoyo_row(
+    database_url: str,
+) -> None:
+    """The guard holds yoyo's row in an open transaction for the whole run; the operations
+    guide advises ALTER ROLE … SET idle_in_transaction_session_timeout behind PgBouncer."""
+    name = database_url.rsplit("/", 1)[1]
+    with psycopg.connect(database_url, autocommit=True) as con:
+        con.execute(f'ALTER DATABASE "{name}" SET idle_in_transaction_session_timeout = 200')
+    with Runner(Target.parse(database_url), SHIPPED) as runner:
+        guard = runner._guard
+        assert guard is not None
+        with psycopg.connect(database_url, autocommit=True) as con:
+            guard_pid = guard.info.backend_pid
+
+            def idle_past_the_timeout() -> bool:
+                row = con.execute(
+                    "SELECT now() - state_change > interval '0.5 s' FROM pg_stat_activity"
+                    " WHERE pid = %s AND state = 'idle in transaction'",
+                    (guard_pid,),
+                ).fetchone()
+                return row == (True,)
+
+            wait_until(idle_past_the_timeout, "the guard to idle past the role's timeout")
+        # Its transaction, and with it yoyo's row, is still there.
+        assert guard.execute("SELECT count(*) FROM yoyo_lock").fetchone() == (1,)
+
+
 def test_concurrent_runners_apply_each_migration_once(empty_url: str, sql_dir: Path) -> None:
     write(
         sql_dir,

@@ -129,6 +129,7 @@ def test_every_variable_is_read() -> None:
         ACCESS_LOG="off",
         DATABASE_REPLICA_URL="postgresql://app@replica:5432/orders",
         DB_REPLICA_MAX_LAG="2.5",
+        DB_IDLE_IN_TRANSACTION_TIMEOUT="0",
     )
     assert settings == Settings(
         replica_url=DatabaseURL.parse("postgresql://app@replica:5432/orders"),
@@ -152,6 +153,7 @@ def test_every_variable_is_read() -> None:
         log_level="debug",
         log_format="json",
         access_log=False,
+        idle_in_transaction_timeout=0,
     )
 
 
@@ -204,6 +206,10 @@ def test_every_variable_is_read() -> None:
         ),
         ({"DB_REPLICA_MAX_LAG": "0"}, "DB_REPLICA_MAX_LAG: '0' is out of range"),
         ({"DB_REPLICA_MAX_LAG": "a while"}, "DB_REPLICA_MAX_LAG: 'a while' is not a number"),
+        (
+            {"DB_IDLE_IN_TRANSACTION_TIMEOUT": "-1"},
+            "DB_IDLE_IN_TRANSACTION_TIMEOUT: '-1' is out of range (seconds, must be >= 0)",
+        ),
     ],
 )
 def test_bad_values_are_refused_with_the_variable_named(env: dict[str, str], message: str) -> None:

@@ -1,5 +1,6 @@
 """Connections that die silently: packets dropped without a trace (tests/support/blackhole.py,
-nftables on a cluster's port), as after a failover, a NAT's idle drop or a vanished VM.
+nftables on a cluster's port), as after a failover, a NAT's idle drop or a vanished VM; and
+a service frozen while its handler holds a row lock.
 
 Each test owns its cluster. The URLs shorten keepalives and the user timeout, as an operator
 may; the defaults are the same mechanism with longer figures (docs/operations.md).
@@ -8,6 +9,8 @@ may; the defaults are the same mechanism with longer figures (docs/operations.md
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
 from typing import Any
 
@@ -25,9 +28,12 @@ from service.settings import Settings
 from tests.support.apps import running, started, test_settings
 from tests.support.blackhole import black_hole
 from tests.support.cluster import Cluster
-from tests.support.polling import wait_until_async
+from tests.support.polling import wait_until, wait_until_async
+from tests.support.process import ServiceProcess
+from tests.support.writes import create_table
 
-pytestmark = [pytest.mark.fault, pytest.mark.usefixtures("black_holes")]
+pytestmark = pytest.mark.fault
+needs_black_holes = pytest.mark.usefixtures("black_holes")
 
 DISCONNECTED = {"error": "database unavailable", "db": "disconnected"}
 # Idle connections: probes after 1 s of silence, 1 s apart, the connection dropped at the
@@ -53,6 +59,7 @@ def _service_pids(cluster: Cluster) -> set[int]:
     return {int(row[0]) for row in rows}
 
 
+@needs_black_holes
 async def test_idle_connections_that_went_dark_are_replaced_before_they_are_lent(
     owned_cluster: Cluster,
 ) -> None:
@@ -78,6 +85,7 @@ async def test_idle_connections_that_went_dark_are_replaced_before_they_are_lent
         assert database.stats().broken_in_use == 0
 
 
+@needs_black_holes
 async def test_a_query_sent_into_the_dark_answers_503_within_the_user_timeout(
     owned_cluster: Cluster,
 ) -> None:
@@ -105,6 +113,7 @@ def _local_port(con: psycopg.Connection[Any]) -> int:
         sock.close()
 
 
+@needs_black_holes
 async def test_the_migrate_command_s_query_into_the_dark_fails_instead_of_hanging(
     owned_cluster: Cluster,
 ) -> None:
@@ -119,3 +128,54 @@ async def test_the_migrate_command_s_query_into_the_dark_fails_instead_of_hangin
         assert con.closed
     finally:
         con.close()
+
+
+# -- a frozen service holding a row lock: DB_IDLE_IN_TRANSACTION_TIMEOUT -----------------
+
+
+def _idle_in_transaction(url: str) -> int:
+    with psycopg.connect(url, autocommit=True) as admin:
+        row = admin.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE application_name = 'service' AND state = 'idle in transaction'"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _update_the_row(url: str) -> int:
+    """Another session's UPDATE of the locked row; cancelled after 30 s (far past the
+    service's timeout), so a lock that is never released fails the test, not hangs it."""
+    with psycopg.connect(url, autocommit=True) as other:
+        other.execute("SET statement_timeout = '30s'")
+        return other.execute("UPDATE fault_writes SET at = now() WHERE id = 1").rowcount
+
+
+def test_a_frozen_service_loses_its_row_lock_after_the_idle_in_transaction_timeout(
+    owned_cluster: Cluster,
+) -> None:
+    url = owned_cluster.url()
+    create_table(url)
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute("INSERT INTO fault_writes DEFAULT VALUES")
+    env = {"DB_IDLE_IN_TRANSACTION_TIMEOUT": "1"}
+    with ServiceProcess(url, app="tests.support.writes:app", **env) as service:
+        service.start()
+        assert service.process is not None
+        held = socket.create_connection(("127.0.0.1", service.port), timeout=30)
+        # The handler locks the row, then awaits something else for 3 s.
+        request = b"POST /lock/1?hold=3 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        held.sendall(request)
+        wait_until(lambda: _idle_in_transaction(url) == 1, "the handler to hold the row lock")
+        os.kill(service.process.pid, signal.SIGSTOP)  # frozen: it can neither commit nor close
+        try:
+            updated = _update_the_row(url)
+        finally:
+            os.kill(service.process.pid, signal.SIGCONT)
+        assert updated == 1
+        # Resumed, the handler finds its transaction gone: a 503, never a 500 or a commit.
+        with held, held.makefile("rb") as answer:
+            status_line = answer.readline()
+            body = answer.read().rpartition(b"\r\n\r\n")[2]
+        assert status_line.startswith(b"HTTP/1.1 503 "), status_line
+        assert b'"db":"disconnected"' in body
+        assert service.get("/api/v1/ready") == 200

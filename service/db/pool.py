@@ -48,6 +48,11 @@ log = logging.getLogger("service.db")
 # a plain query, run on whichever server connection PgBouncer lends).
 READY_QUERY = "SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off'"
 APPLICATION_NAME = "service"
+# DB_IDLE_IN_TRANSACTION_TIMEOUT goes as a start-up parameter: it is then the session's
+# default, which RESET ALL (DB_RESET_ON_RELEASE=full) keeps, at no round trip. PgBouncer
+# refuses start-up parameters it does not know ("unsupported startup parameter"); then it
+# is left out, said once, and ALTER ROLE … SET is the way (docs/operations.md).
+IDLE_IN_TRANSACTION = "idle_in_transaction_session_timeout"
 # Reconnecting: 0.25 s doubling to 5 s (service/backoff.py). A server that refuses writes
 # is usually mid-switchover behind one address (a proxy, a DNS name): retried quickly, so
 # writes resume within a second of it routing to a primary.
@@ -103,6 +108,26 @@ def pool_arguments(settings: Settings) -> PoolArguments:
         "statement_cache_size": settings.statement_cache_size,
         "target_session_attrs": SessionAttribute(settings.session_attrs),
     }
+
+
+def server_settings(settings: Settings) -> dict[str, str]:
+    """The start-up parameters every connection sends: its name, and the
+    idle-in-transaction backstop unless it is off or the URL names its own."""
+    sent = {"application_name": APPLICATION_NAME}
+    timeout = settings.idle_in_transaction_timeout
+    if timeout > 0 and settings.database_url.param(IDLE_IN_TRANSACTION) is None:
+        sent[IDLE_IN_TRANSACTION] = str(max(1, round(timeout * 1000)))  # milliseconds
+    return sent
+
+
+def _refused_at_startup(exc: BaseException, parameter: str) -> bool:
+    """PgBouncer's answer to a start-up parameter it does not forward (SQLSTATE 08P01)."""
+    text = str(exc)
+    return (
+        isinstance(exc, asyncpg.ProtocolViolationError)
+        and "unsupported startup parameter" in text
+        and parameter in text
+    )
 
 
 class HoldWatch(Protocol):
@@ -193,6 +218,7 @@ class Database:
         self._settings = settings
         self._hosts = settings.database_url.for_asyncpg().per_host()
         self._tcp_options = tcp_options(settings.database_url.socket_options)
+        self._server_settings = server_settings(settings)
         self._name = name  # the logs' prefix: db.connected, db_replica.lost, …
         self._requires_writes = requires_writes
         self._max_lifetime = settings.pool_max_lifetime
@@ -617,10 +643,35 @@ class Database:
         return await asyncpg.create_pool(
             **pool_arguments(self._settings),
             connection_class=Connection,
-            server_settings={"application_name": APPLICATION_NAME},
             init=self._connection_opened,
-            # A host list: host by host, a connect timeout each; one host: asyncpg's own.
-            connect=self._connect_each_host if len(self._hosts) > 1 else None,
+            connect=self._connect,
+        )
+
+    async def _connect(self, dsn: str | None = None, **kwargs: Any) -> asyncpg.Connection:
+        """One new connection with our start-up parameters (the pool's connect hook)."""
+        kwargs["server_settings"] = self._server_settings
+        # A host list: host by host, a connect timeout each; one host: asyncpg's own.
+        connect = self._connect_each_host if len(self._hosts) > 1 else asyncpg.connect
+        try:
+            return await connect(dsn, **kwargs)
+        except asyncpg.ProtocolViolationError as exc:
+            if not _refused_at_startup(exc, IDLE_IN_TRANSACTION):
+                raise
+        self._leave_out(IDLE_IN_TRANSACTION)
+        kwargs["server_settings"] = self._server_settings
+        return await connect(dsn, **kwargs)
+
+    def _leave_out(self, parameter: str) -> None:
+        """A start-up parameter the server (PgBouncer) refused: never sent again by this
+        Database; said once."""
+        if parameter not in self._server_settings:
+            return  # another connection attempt was refused at the same time
+        self._server_settings = {k: v for k, v in self._server_settings.items() if k != parameter}
+        log.warning(
+            "%s.startup_parameter_refused name=%s (PgBouncer?): not sent; set it on the "
+            "server instead (ALTER ROLE … SET)",
+            self._name,
+            parameter,
         )
 
     async def _connect_each_host(self, dsn: str | None = None, **kwargs: Any) -> asyncpg.Connection:

@@ -77,6 +77,10 @@ def hold_yoyo_row(guard: psycopg.Connection[Any], deadline: float) -> None:
     A committed row already there is a plain `yoyo` run in progress, or one that
     crashed (yoyo's row outlives its process): we wait for it until `deadline`.
     """
+    # Idle in a transaction by design, for the whole run: a timeout the role or database
+    # sets (ALTER ROLE … SET idle_in_transaction_session_timeout, as the service's docs
+    # advise behind PgBouncer) must not end it, or plain yoyo runners could start meanwhile.
+    guard.execute("SET idle_in_transaction_session_timeout = 0")
     while True:
         guard.execute("BEGIN")
         try:
