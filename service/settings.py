@@ -15,6 +15,8 @@ from dotenv.parser import parse_stream
 
 from .database_url import TARGET_SESSION_ATTRS, DatabaseURL
 from .errors import SettingsError
+from .password_file import VARIABLE as PASSWORD_FILE
+from .password_file import PasswordFileError, read_password
 
 __all__ = ["DatabaseURL", "Settings", "SettingsError", "setting"]
 
@@ -130,6 +132,10 @@ def _url(var: str, raw: str) -> DatabaseURL:
     return DatabaseURL.parse(raw, var)
 
 
+def _path(var: str, raw: str) -> Path:
+    return Path(raw)
+
+
 # A replica URL may list several standbys (and the primary last); prefer-standby takes the
 # first standby that answers, and the primary when none does: reads keep working either way.
 REPLICA_SESSION_ATTRS = "prefer-standby"
@@ -147,6 +153,8 @@ class Settings:
         "DB_TARGET_SESSION_ATTRS", _choice(*TARGET_SESSION_ATTRS), "read-write"
     )
     replica_url: DatabaseURL | None = setting("DATABASE_REPLICA_URL", _url, None)
+    # Read for every new connection (service/password_file.py); None: the URL's, or libpq's.
+    password_file: Path | None = setting(PASSWORD_FILE, _path, None)
     replica_max_lag: float = setting("DB_REPLICA_MAX_LAG", _seconds(), 5.0)
     pool_min_size: int = setting("DB_POOL_MIN_SIZE", _integer(0, MAX_POOL_SIZE), 2)
     pool_max_size: int = setting("DB_POOL_MAX_SIZE", _integer(1, MAX_POOL_SIZE), 30)
@@ -239,3 +247,21 @@ class Settings:
                 f"DB_POOL_MIN_SIZE: {self.pool_min_size} is larger than "
                 f"DB_POOL_MAX_SIZE ({self.pool_max_size})"
             )
+        if self.password_file is not None:
+            self._check_password_file(self.password_file)
+
+    def _check_password_file(self, path: Path) -> None:
+        """One password, from one place; a file that gives none is refused at start."""
+        for var, url in (
+            ("DATABASE_URL", self.database_url),
+            ("DATABASE_REPLICA_URL", self.replica_url),
+        ):
+            if url is not None and url.has_password:
+                raise SettingsError(
+                    f"{var} and {PASSWORD_FILE} both give a password: keep one "
+                    f"(remove it from {var}, or unset {PASSWORD_FILE})"
+                )
+        try:
+            read_password(path)  # not kept: each connection reads it again
+        except PasswordFileError as exc:
+            raise SettingsError(str(exc)) from None

@@ -17,6 +17,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from ..database_url import SocketOptions
+from ..password_file import PasswordFileError
 from .states import DbState
 
 CLIENT_DISCONNECTED = "client disconnected"  # the message of a disconnect's cancellation
@@ -214,7 +215,7 @@ def classify(exc: BaseException) -> DbState:
     if isinstance(exc, ServerRefusesWrites | asyncpg.TargetServerAttributeNotMatched):
         # No host of the list is what target_session_attrs asks for (read-write: a primary).
         return DbState.READ_ONLY
-    if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError):
+    if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError | PasswordFileError):
         return DbState.UNAUTHORIZED
     if isinstance(exc, asyncpg.InvalidCatalogNameError):
         return DbState.UNKNOWN_DATABASE

@@ -8,6 +8,7 @@ connections.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -23,6 +24,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from ..backoff import Backoff
 from ..histogram import Histogram
+from ..password_file import PasswordFileError, read_password
 from ..settings import Settings
 from .connection import (
     CALLER_ERRORS,
@@ -79,6 +81,7 @@ _ACQUIRE_FAILED = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
     asyncpg.TargetServerAttributeNotMatched,
+    PasswordFileError,
 )
 
 # What a handler holds: asyncpg's proxy of a pooled connection (subscriptable in stubs only).
@@ -87,6 +90,7 @@ Proxy: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
 
 class PoolArguments(TypedDict):
     dsn: str | None
+    password: Callable[[], str] | None
     min_size: int
     max_size: int
     max_inactive_connection_lifetime: float
@@ -100,6 +104,12 @@ def pool_arguments(settings: Settings) -> PoolArguments:
     """The settings as `asyncpg.create_pool` arguments (also scripts/bench's bare pool)."""
     return {
         "dsn": settings.database_url.for_asyncpg().value,  # libpq's TCP parameters: init
+        # DATABASE_PASSWORD_FILE: asyncpg calls it for every new connection.
+        "password": (
+            None
+            if settings.password_file is None
+            else functools.partial(read_password, settings.password_file)
+        ),
         "min_size": settings.pool_min_size,
         "max_size": settings.pool_max_size,
         "max_inactive_connection_lifetime": settings.pool_max_inactive_lifetime,
@@ -219,6 +229,7 @@ class Database:
         self._hosts = settings.database_url.for_asyncpg().per_host()
         self._tcp_options = tcp_options(settings.database_url.socket_options)
         self._server_settings = server_settings(settings)
+        self._password_failure = ""  # DATABASE_PASSWORD_FILE's last error, logged once
         self._name = name  # the logs' prefix: db.connected, db_replica.lost, …
         self._requires_writes = requires_writes
         self._max_lifetime = settings.pool_max_lifetime
@@ -650,6 +661,8 @@ class Database:
     async def _connect(self, dsn: str | None = None, **kwargs: Any) -> asyncpg.Connection:
         """One new connection with our start-up parameters (the pool's connect hook)."""
         kwargs["server_settings"] = self._server_settings
+        if self._settings.password_file is not None:
+            kwargs["password"] = self._read_password
         # A host list: host by host, a connect timeout each; one host: asyncpg's own.
         connect = self._connect_each_host if len(self._hosts) > 1 else asyncpg.connect
         try:
@@ -660,6 +673,20 @@ class Database:
         self._leave_out(IDLE_IN_TRANSACTION)
         kwargs["server_settings"] = self._server_settings
         return await connect(dsn, **kwargs)
+
+    def _read_password(self) -> str:
+        """DATABASE_PASSWORD_FILE, read as asyncpg opens a connection; a file that gives
+        none is said once (its path, never a password), and readiness says `unauthorized`."""
+        assert self._settings.password_file is not None
+        try:
+            password = read_password(self._settings.password_file)
+        except PasswordFileError as exc:
+            if str(exc) != self._password_failure:
+                self._password_failure = str(exc)
+                log.warning("%s.password_file %s", self._name, exc)
+            raise
+        self._password_failure = ""
+        return password
 
     def _leave_out(self, parameter: str) -> None:
         """A start-up parameter the server (PgBouncer) refused: never sent again by this

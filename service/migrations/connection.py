@@ -9,11 +9,13 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from ..password_file import PasswordFileError, read_password
 from ..settings import DatabaseURL, Settings
 from .files import MigrationError
 
@@ -27,10 +29,16 @@ class Target:
     url: DatabaseURL
     session_attrs: str = "read-write"
     connect_timeout: float = 5.0
+    password_file: Path | None = None  # DATABASE_PASSWORD_FILE, read at each connect
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Target:
-        return cls(settings.database_url, settings.session_attrs, settings.connect_timeout)
+        return cls(
+            settings.database_url,
+            settings.session_attrs,
+            settings.connect_timeout,
+            settings.password_file,
+        )
 
     @classmethod
     def parse(cls, url: str) -> Target:
@@ -47,6 +55,12 @@ def connect(target: Target) -> psycopg.Connection[Any]:
     """
     url = target.url
     tcp: dict[str, Any] = url.socket_options.libpq()  # the URL's values where it names them
+    secret: dict[str, Any] = {}
+    if target.password_file is not None:
+        try:
+            secret["password"] = read_password(target.password_file)
+        except PasswordFileError as exc:
+            raise MigrationError(f"cannot connect to {url.redacted}: {exc}") from None
     try:
         return psycopg.connect(
             url.value or "",
@@ -55,16 +69,20 @@ def connect(target: Target) -> psycopg.Connection[Any]:
             target_session_attrs=target.session_attrs,
             application_name=f"{APPLICATION_NAME} {socket.gethostname()}:{os.getpid()}"[:63],
             **tcp,
+            **secret,
         )
     except psycopg.Error as exc:
-        raise MigrationError(f"cannot connect to {url.redacted}: {describe(exc, url)}") from None
+        line = describe(exc, url, secret.get("password"))
+        raise MigrationError(f"cannot connect to {url.redacted}: {line}") from None
 
 
-def describe(exc: BaseException, url: DatabaseURL | None = None) -> str:
-    """The first line of a driver error, with any password scrubbed."""
+def describe(
+    exc: BaseException, url: DatabaseURL | None = None, password: str | None = None
+) -> str:
+    """The first line of a driver error, with the URL's password (or `password`) scrubbed."""
     diag = getattr(exc, "diag", None)
     text = (diag.message_primary if diag is not None else None) or str(exc) or type(exc).__name__
     line = next((part.strip() for part in text.splitlines() if part.strip()), text)
     line = line.removeprefix("connection failed: ").replace("FATAL:  ", "")
-    password = conninfo_to_dict(url.value or "").get("password") if url else None
-    return line.replace(str(password), "***") if password else line
+    secret = password or (conninfo_to_dict(url.value or "").get("password") if url else None)
+    return line.replace(str(secret), "***") if secret else line
