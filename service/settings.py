@@ -172,6 +172,7 @@ class Settings:
     close_timeout: float = setting("DB_CLOSE_TIMEOUT", _seconds(), 10.0)
     reset_on_release: str = setting("DB_RESET_ON_RELEASE", _choice("rollback", "full"), "rollback")
     slow_query_ms: float = setting("DB_SLOW_QUERY_MS", _milliseconds, 0.0)
+    hold_warning_ms: float = setting("DB_HOLD_WARNING_MS", _milliseconds, 0.0)
     idle_in_transaction_timeout: float = setting(
         "DB_IDLE_IN_TRANSACTION_TIMEOUT", _seconds(allow_zero=True), 60.0
     )

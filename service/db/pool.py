@@ -148,27 +148,47 @@ class HoldWatch(Protocol):
     def let_go(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """Who holds a lent connection, for DB_HOLD_WARNING_MS: the route template and the
+    line that acquired it (`orders.py:14`). Never a parameter."""
+
+    route: str
+    site: str
+
+
 class PooledConnection:
     """`async with db.connection() as con`: a bounded acquire, always a release.
 
     A plain class rather than @asynccontextmanager: it runs on every request.
     """
 
-    __slots__ = ("_db", "_timeout", "_watch", "_pool", "_con", "_acquired_at")
+    __slots__ = ("_db", "_timeout", "_watch", "_holder", "_pool", "_con", "_acquired_at", "_timer")
 
-    def __init__(self, db: Database, timeout: float | None, watch: HoldWatch | None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        timeout: float | None,
+        watch: HoldWatch | None,
+        holder: Holder | None = None,
+    ) -> None:
         self._db = db
         self._timeout = timeout
         self._watch = watch  # a client that leaves cancels the handler (web/disconnect.py)
+        self._holder = holder  # given only when DB_HOLD_WARNING_MS is on
         self._pool: asyncpg.Pool | None = None  # the pool that lent it (it may be replaced)
         self._con: Proxy | None = None
         self._acquired_at = 0.0
+        self._timer: asyncio.TimerHandle | None = None
 
     async def __aenter__(self) -> Proxy:
         self._pool, self._con = pool, con = await self._db._lend(self._timeout)
         self._acquired_at = time.perf_counter()
         if self._watch is not None:
             self._watch.hold()
+        if self._holder is not None:
+            # Fires while the connection is still held: a hold that never ends is told too.
+            self._timer = self._db._warn_when_held_too_long(self._holder)
         return con
 
     async def __aexit__(
@@ -182,6 +202,8 @@ class PooledConnection:
             return
         if self._watch is not None:
             self._watch.let_go()
+        if self._timer is not None:
+            self._timer.cancel()
         assert self._pool is not None  # set with the connection
         await self._db._take_back(self._pool, con, exc, time.perf_counter() - self._acquired_at)
 
@@ -234,6 +256,7 @@ class Database:
         self._requires_writes = requires_writes
         self._max_lifetime = settings.pool_max_lifetime
         self._max_size = settings.pool_max_size
+        self._hold_warning = settings.hold_warning_ms / 1000  # seconds; 0: off
         self._pool: asyncpg.Pool | None = None
         self._state = DbState.CONNECTING
         # Run with the new pool before it is published, so readiness waits for them
@@ -322,16 +345,26 @@ class Database:
             return False
         return self._pool is not None
 
+    @property
+    def warns_on_long_holds(self) -> bool:
+        """DB_HOLD_WARNING_MS is on: callers pass a Holder to `connection()`."""
+        return self._hold_warning > 0
+
     def connection(
-        self, timeout: float | None = None, *, watch: HoldWatch | None = None
+        self,
+        timeout: float | None = None,
+        *,
+        watch: HoldWatch | None = None,
+        holder: Holder | None = None,
     ) -> PooledConnection:
         """A connection for one block: bounded acquire, always released, even on error.
 
         Waits at most `timeout` (DB_ACQUIRE_TIMEOUT) for a free connection; a 503 word
-        (DatabaseUnavailable) otherwise. `watch` is told while the block holds it.
+        (DatabaseUnavailable) otherwise. `watch` is told while the block holds it;
+        `holder` is named in DB_HOLD_WARNING_MS's warning.
         """
         bound = self._settings.acquire_timeout if timeout is None else timeout
-        return PooledConnection(self, bound, watch)
+        return PooledConnection(self, bound, watch, holder)
 
     async def fetch_within_deadline(self, query: str) -> Any:
         """One value through the pool within DB_READY_TIMEOUT; None if it cannot be had."""
@@ -478,6 +511,19 @@ class Database:
             raise DatabaseUnavailable(DbState.DISCONNECTED) from exc
         if writes_refused:
             raise DatabaseUnavailable(DbState.READ_ONLY) from exc
+
+    def _warn_when_held_too_long(self, holder: Holder) -> asyncio.TimerHandle:
+        """One warning, DB_HOLD_WARNING_MS after the acquire, unless released before
+        (HikariCP's leakDetectionThreshold)."""
+        return asyncio.get_running_loop().call_later(
+            self._hold_warning,
+            log.warning,
+            "%s.held_too_long route=%s acquired_at=%s over_ms=%g",
+            self._name,
+            holder.route,
+            holder.site,
+            self._settings.hold_warning_ms,
+        )
 
     def _refuses_writes(self, exc: BaseException) -> bool:
         """A write the server refused as read-only, on a pool that needs writes."""

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from sys import _getframe
+from types import FrameType
 from typing import TypedDict
 
 from starlette.applications import Starlette
@@ -15,13 +18,13 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from ..db import Database, DatabaseUnavailable, QueryTimeout, Replicas
-from ..db.pool import Proxy
+from ..db.pool import Holder, Proxy
 from ..migrations.startup import startup_hook
 from ..settings import Settings
 from . import health
 from .disconnect import SCOPE_KEY
 from .metrics import Metrics
-from .middleware import SERVER_ERROR, RequestMiddleware, route_template
+from .middleware import SERVER_ERROR, UNMATCHED, RequestMiddleware, route_template
 from .tracing import RouteName, Tracing
 
 log = logging.getLogger("service.app")
@@ -130,8 +133,20 @@ def db_connection(
     connection when one is configured, up and current, else the primary's.
     """
     watch = request.scope.get(SCOPE_KEY)  # a client that leaves cancels the query
+    db: Database = request.state.db
+    holder = None
+    if db.warns_on_long_holds:  # DB_HOLD_WARNING_MS: only then is the caller looked up
+        holder = _holder(request, _getframe(1))
     if read_only:
         reads: Replicas = request.state.reads
-        return reads.connection(watch=watch)
-    db: Database = request.state.db
-    return db.connection(watch=watch)
+        return reads.connection(watch=watch, holder=holder)
+    return db.connection(watch=watch, holder=holder)
+
+
+def _holder(request: Request, caller: FrameType) -> Holder:
+    """The route template and the handler's line calling db_connection (file:line, the
+    path relative to the working directory when under it)."""
+    path = caller.f_code.co_filename
+    here = os.getcwd() + os.sep
+    site = f"{path.removeprefix(here)}:{caller.f_lineno}"
+    return Holder(route_template(request.scope) or UNMATCHED, site)
