@@ -191,6 +191,9 @@ class Settings:
     port: int = setting("PORT", _integer(1, 65535), 8000)
     workers: int = setting("WORKERS", _integer(1, MAX_WORKERS), 1)
     shutdown_timeout: float = setting("SHUTDOWN_TIMEOUT", _seconds(), 30.0)
+    # Above the idle timeouts of the load balancers in front (AWS ALB: 60 s), so they close
+    # an idle connection first and never reuse one we just closed (an intermittent 502).
+    http_keepalive_timeout: float = setting("HTTP_KEEPALIVE_TIMEOUT", _seconds(), 75.0)
     otel_endpoint: str = setting("OTEL_EXPORTER_OTLP_ENDPOINT", _url_text, "")
     log_level: str = setting("LOG_LEVEL", _choice(*_LOG_LEVELS), "info")
     log_format: str = setting("LOG_FORMAT", _choice("text", "json"), "text")
