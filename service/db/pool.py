@@ -706,7 +706,7 @@ class Database:
 
     async def _connect(self, dsn: str | None = None, **kwargs: Any) -> asyncpg.Connection:
         """One new connection with our start-up parameters (the pool's connect hook)."""
-        kwargs["server_settings"] = self._server_settings
+        kwargs["server_settings"] = dict(self._server_settings)
         if self._settings.password_file is not None:
             kwargs["password"] = self._read_password
         # A host list: host by host, a connect timeout each; one host: asyncpg's own.
@@ -717,7 +717,7 @@ class Database:
             if not _refused_at_startup(exc, IDLE_IN_TRANSACTION):
                 raise
         self._leave_out(IDLE_IN_TRANSACTION)
-        kwargs["server_settings"] = self._server_settings
+        kwargs["server_settings"] = dict(self._server_settings)
         return await connect(dsn, **kwargs)
 
     def _read_password(self) -> str:
