@@ -62,7 +62,7 @@ class Connection(asyncpg.Connection):
         self.full_reset = True  # DB_RESET_ON_RELEASE=full; set by the pool's init
         self._nothing_to_reset = False
         self._listened = False  # add_listener ran: the server holds a LISTEN to undo
-        self._socket_events: select.poll | None = None  # set by watch_socket()
+        self._socket_events: select.poll | None = None  # set by prepare_socket()
 
     def prepare_socket(self, tcp: Sequence[tuple[int, int, int]]) -> None:
         """Set `tcp` (tcp_options: keepalives, the user timeout) on this connection's
