@@ -8,6 +8,12 @@ outside, like a kubelet would; then a primary with a streaming standby, two serv
 multi-host URL, and a single-host URL on the primary) and a switchover; then switchovers
 with writes in flight (answers by status, time to the first good write). Run through
 `scripts/faults` (`--only-writes --switchovers 20` for just the last part, 20 times).
+
+`--silent`: failures nothing announces, each without and with the protection the service
+now sets (about six minutes): idle pooled connections whose packets are dropped (nftables on
+the cluster's port, as a NAT that forgot its flows: tests/support/blackhole.py; needs root),
+a write sent on such a connection, and a service frozen with SIGSTOP while its handler holds
+a row lock.
 """
 
 from __future__ import annotations
@@ -27,7 +33,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psycopg
+from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.blackhole import black_hole, why_not
 from tests.support.cluster import Cluster, Pair
 from tests.support.cluster import switchover as switchover_clusters
 from tests.support.polling import wait_until
@@ -230,6 +238,176 @@ def write_switchovers(work: Path, rows: list[str], count: int) -> None:
     )
 
 
+# -- silent failures: no RST, no error, nothing answers ---------------------------------
+
+# What main did: asyncpg's sockets had neither keepalives nor a user timeout.
+WITHOUT_TCP = "keepalives=0&tcp_user_timeout=0"
+IDLE_BOUND = 90.0  # seconds we wait for idle dark connections to be noticed
+WRITE_BOUND = 120.0  # seconds we wait for the first good write after the hole
+
+
+def _counter(service: ServiceProcess, name: str) -> float:
+    """A counter from /metrics (which never touches the database)."""
+    answer = service.fetch("/metrics")
+    assert answer is not None and answer[0] == 200, answer
+    for family in text_string_to_metric_families(answer[1].decode()):
+        for sample in family.samples:
+            if sample.name == name:
+                return float(sample.value)
+    raise LookupError(name)
+
+
+def _post(service: ServiceProcess, path: str, timeout: float = 60) -> str:
+    """POST `path`: `200`, `503 <word or error>`, or `no answer`."""
+    import http.client
+
+    con = http.client.HTTPConnection("127.0.0.1", service.port, timeout=timeout)
+    try:
+        con.request("POST", path)
+        response = con.getresponse()
+        body = json.loads(response.read() or b"{}")
+    except OSError:
+        return "no answer"
+    finally:
+        con.close()
+    if response.status == 200:
+        return "200"
+    return f"{response.status} {body.get('db') or body.get('error', '')}"
+
+
+def _dark_idle(cluster: Cluster, query: str) -> tuple[str, str]:
+    """Idle pooled connections black-holed (the flows forgotten; new connections work):
+    (when the pool noticed, what the first write then got)."""
+    create_table(cluster.url())
+    service = ServiceProcess(f"{cluster.url()}?{query}" if query else cluster.url(), app=WRITES_APP)
+    try:
+        service.start()
+        assert _post(service, "/write") == "200"
+        with black_hole(cluster.port, existing_only=True) as held:
+            count = len(held or ())
+            start = time.perf_counter()
+            try:
+                wait_until(
+                    lambda: _counter(service, "db_connections_lost_total") >= count,
+                    "the dark connections to be dropped",
+                    timeout=IDLE_BOUND,
+                    interval=0.1,
+                )
+                noticed = f"all {count} dropped after {time.perf_counter() - start:.1f} s"
+            except TimeoutError:
+                noticed = f"{count} still established after {IDLE_BOUND:.0f} s"
+            before = time.perf_counter()
+            answer = _post(service, "/write")
+            first = f"{answer} in {(time.perf_counter() - before) * 1000:.0f} ms"
+    finally:
+        service.stop()
+    return noticed, first
+
+
+def _dark_write(cluster: Cluster, query: str) -> tuple[str, str]:
+    """A write sent on a black-holed idle connection right after the hole opens: (its
+    answer and when, the first 200 after the hole with writes one after another)."""
+    create_table(cluster.url())
+    service = ServiceProcess(f"{cluster.url()}?{query}" if query else cluster.url(), app=WRITES_APP)
+    try:
+        service.start()
+        assert _post(service, "/write") == "200"
+        with black_hole(cluster.port, existing_only=True):
+            start = time.perf_counter()
+            answer = _post(service, "/write", timeout=WRITE_BOUND)
+            first_answer = f"{answer} after {time.perf_counter() - start:.1f} s"
+            answers = [answer]
+            while answers[-1] != "200" and time.perf_counter() - start < WRITE_BOUND:
+                answers.append(_post(service, "/write", timeout=WRITE_BOUND))
+            elapsed = time.perf_counter() - start
+        seen = ", ".join(f"{a} × {n}" for a, n in Counter(answers).items())
+        recovered = (
+            f"after {elapsed:.1f} s ({seen})"
+            if answers[-1] == "200"
+            else f"none in {elapsed:.0f} s"
+        )
+    finally:
+        service.stop()
+    return first_answer, recovered
+
+
+def _frozen_lock(cluster: Cluster, timeout: str) -> str:
+    """A handler holds SELECT … FOR UPDATE; the service is SIGSTOPped; when does another
+    session's UPDATE of the row go through (counted from the SIGSTOP)?"""
+    import signal
+
+    url = cluster.url()
+    create_table(url)
+    with psycopg.connect(url, autocommit=True) as admin:
+        row = admin.execute("INSERT INTO fault_writes DEFAULT VALUES RETURNING id").fetchone()
+    assert row is not None
+    env = {"DB_IDLE_IN_TRANSACTION_TIMEOUT": timeout, "SHUTDOWN_TIMEOUT": "1"}
+    service = ServiceProcess(url, app=WRITES_APP, **env)
+    try:
+        service.start()
+        assert service.process is not None
+        held = socket.create_connection(("127.0.0.1", service.port))
+        held.sendall(f"POST /lock/{row[0]}?hold=300 HTTP/1.1\r\nHost: f\r\n\r\n".encode())
+        idle = (
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE application_name = 'service' AND state = 'idle in transaction'"
+        )
+        wait_until(lambda: cluster.query(idle) == 1, "the handler to hold the lock")
+        os.kill(service.process.pid, signal.SIGSTOP)
+        start = time.perf_counter()
+        try:
+            with psycopg.connect(url, autocommit=True) as other:
+                other.execute("SET statement_timeout = '60s'")
+                other.execute("UPDATE fault_writes SET at = now() WHERE id = %s", row)
+            result = f"went through {time.perf_counter() - start:.2f} s after the SIGSTOP"
+        except psycopg.errors.QueryCanceled:
+            result = "still waiting after 60 s (statement_timeout)"
+        finally:
+            os.kill(service.process.pid, signal.SIGCONT)
+            held.close()
+    finally:
+        service.stop()
+    return result
+
+
+def silent(work: Path) -> list[str]:
+    """The silent failures, each on a cluster of its own: without, then with protection."""
+    reason = why_not()
+    if reason is not None:
+        raise SystemExit(f"scripts/faults --silent: {reason}")
+    rows = [
+        "| silent failure | before (no keepalives, no user timeout, "
+        "no idle-in-transaction timeout) | now (the defaults) |",
+        "|---|---|---|",
+    ]
+    results: dict[str, list[str]] = {}
+    for label, query, timeout in (("before", WITHOUT_TCP, "0"), ("now", "", "5")):
+        cluster = Cluster(work / f"silent-{label}").init().start()
+        try:
+            print(f"  {label}: idle connections black-holed", file=sys.stderr)
+            noticed, first = _dark_idle(cluster, query)
+            cluster.restart()  # the server's side of the dark connections goes too
+            print(f"  {label}: a write on a black-holed connection", file=sys.stderr)
+            answer, recovered = _dark_write(cluster, query)
+            cluster.restart()
+            print(f"  {label}: a frozen service holding a row lock", file=sys.stderr)
+            lock = _frozen_lock(cluster, timeout)
+        finally:
+            cluster.destroy()
+        results[label] = [noticed, first, answer, recovered, lock]
+    labels = [
+        "idle pooled connections black-holed (a NAT forgot the flows), no traffic",
+        "... then the first write",
+        "a write sent on a black-holed idle connection",
+        "... the first 200 after the hole (writes one after another)",
+        "service frozen (SIGSTOP) while its handler holds `SELECT … FOR UPDATE`: "
+        "another session's UPDATE (now: `DB_IDLE_IN_TRANSACTION_TIMEOUT=5`)",
+    ]
+    for number, label in enumerate(labels):
+        rows.append(f"| {label} | {results['before'][number]} | {results['now'][number]} |")
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="scripts/faults", description=__doc__)
     parser.add_argument(
@@ -238,7 +416,17 @@ def main() -> int:
     parser.add_argument(
         "--only-writes", action="store_true", help="only the switchovers with writes in flight"
     )
+    parser.add_argument(
+        "--silent", action="store_true", help="only the silent failures (black holes, SIGSTOP)"
+    )
     args = parser.parse_args()
+    if args.silent:
+        work = Path(tempfile.mkdtemp(prefix="service-faults-"))
+        try:
+            print("\n".join(silent(work)))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return 0
     if args.only_writes:
         work = Path(tempfile.mkdtemp(prefix="service-faults-"))
         rows: list[str] = []

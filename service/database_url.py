@@ -21,6 +21,44 @@ _POSTGRES_SCHEMES = {
 }
 # What libpq (14+) and asyncpg both accept for target_session_attrs.
 TARGET_SESSION_ATTRS = ("read-write", "any", "primary", "read-only", "standby", "prefer-standby")
+# libpq's TCP parameters. libpq applies them to its socket; asyncpg knows none of them and
+# would send them to the server as settings, which it refuses (FATAL: unrecognized
+# configuration parameter): the service strips them from asyncpg's URL and applies them
+# to each connection's socket itself (service/db/connection.py).
+SOCKET_PARAMS = (
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SocketOptions:
+    """TCP keepalives and the user timeout of a connection, with libpq's meaning.
+
+    0 (for the durations and the count) leaves the system's default, as in libpq. Our
+    defaults differ from libpq's where libpq leaves the system's (2 h before the first
+    probe, no user timeout): an idle connection whose peer vanished is dropped after about
+    40 s, and data the peer never acknowledges fails the connection after 10 s.
+    """
+
+    keepalives: bool = True  # SO_KEEPALIVE (libpq's `keepalives`, 0 = off)
+    idle: int = 30  # seconds of silence before the first probe (TCP_KEEPIDLE)
+    interval: int = 10  # seconds between probes (TCP_KEEPINTVL)
+    count: int = 3  # unanswered probes before the connection is dropped (TCP_KEEPCNT)
+    user_timeout_ms: int = 10_000  # unacknowledged data fails the connection (TCP_USER_TIMEOUT)
+
+    def libpq(self) -> dict[str, int]:
+        """The same options as libpq connection parameters (the migrate command's)."""
+        return {
+            "keepalives": int(self.keepalives),
+            "keepalives_idle": self.idle,
+            "keepalives_interval": self.interval,
+            "keepalives_count": self.count,
+            "tcp_user_timeout": self.user_timeout_ms,
+        }
 
 
 @dataclass(frozen=True)
@@ -69,6 +107,48 @@ class DatabaseURL:
             found.append(parts.userinfo.partition(":")[2])
         found += [v for k, v in parts.query if unquote(k) in _SECRET_PARAMS]
         return tuple(dict.fromkeys(form for raw in found for form in (raw, unquote(raw)) if form))
+
+    @property
+    def socket_options(self) -> SocketOptions:
+        """The URL's keepalives, keepalives_idle, keepalives_interval, keepalives_count and
+        tcp_user_timeout; our defaults for those it does not name."""
+        if self.value is None:
+            return SocketOptions()
+        parts = self._parts()
+        given = {key: parts.param(key) for key in SOCKET_PARAMS}
+        defaults = SocketOptions().libpq()
+        value = {key: int(given[key] or defaults[key]) for key in SOCKET_PARAMS}
+        return SocketOptions(
+            keepalives=value["keepalives"] != 0,
+            idle=value["keepalives_idle"],
+            interval=value["keepalives_interval"],
+            count=value["keepalives_count"],
+            user_timeout_ms=value["tcp_user_timeout"],
+        )
+
+    @property
+    def has_password(self) -> bool:
+        """The URL carries a password (in its user-info or a password= parameter)."""
+        if self.value is None:
+            return False
+        parts = self._parts()
+        in_userinfo = parts.userinfo is not None and ":" in parts.userinfo
+        return in_userinfo or parts.param("password") is not None
+
+    def for_asyncpg(self) -> DatabaseURL:
+        """The URL without libpq's TCP parameters (SOCKET_PARAMS), which asyncpg would
+        send to the server as settings; `socket_options` carries their values."""
+        if self.value is None:
+            return self
+        parts = self._parts()
+        query = tuple((k, v) for k, v in parts.query if unquote(k) not in SOCKET_PARAMS)
+        if query == parts.query:
+            return self
+        return replace(self, value=replace(parts, query=query).unsplit(parts.userinfo))
+
+    def param(self, key: str) -> str | None:
+        """The URL's query parameter `key`, decoded; None if it has none."""
+        return None if self.value is None else self._parts().param(key)
 
     def _parts(self) -> _URLParts:
         assert self.value is not None
@@ -137,6 +217,15 @@ _AMBIGUOUS = (
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})|%00")
 _HOST_AND_PORT = re.compile(r"\[[0-9A-Fa-f:.]+(?:%25[^\]]+)?\](?::(.*))?|[^:\[\]]*(?::(.*))?")
 _SECRET_PARAMS = {"password", "sslpassword"}
+# Linux's bounds (MAX_TCP_KEEPIDLE, MAX_TCP_KEEPINTVL, MAX_TCP_KEEPCNT): a larger value
+# would fail every connect, so it is refused at start.
+_SOCKET_PARAM_RANGES = {
+    "keepalives": ("0 or 1", 1),
+    "keepalives_idle": ("seconds", 32767),
+    "keepalives_interval": ("seconds", 32767),
+    "keepalives_count": ("probes", 127),
+    "tcp_user_timeout": ("milliseconds", 2**31 - 1),
+}
 
 
 @dataclass(frozen=True)
@@ -200,6 +289,12 @@ class _URLParts:
             # asyncpg sends parameters it does not know to the server as settings, and
             # the server refuses this one: use the setting both drivers get.
             raise SettingsError(f"{name}: connect_timeout in the URL; use DB_CONNECT_TIMEOUT")
+        for key, (unit, maximum) in _SOCKET_PARAM_RANGES.items():
+            value = self.param(key)
+            if value is not None and not (value.isascii() and value.isdigit()):
+                raise SettingsError(f"{name}: {key}={value!r} is not a whole number ({unit})")
+            if value is not None and int(value) > maximum:
+                raise SettingsError(f"{name}: {key}={value} is out of range (0 to {maximum})")
         attrs = self.param("target_session_attrs")
         if attrs is not None and attrs not in TARGET_SESSION_ATTRS:
             raise SettingsError(

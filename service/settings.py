@@ -15,6 +15,8 @@ from dotenv.parser import parse_stream
 
 from .database_url import TARGET_SESSION_ATTRS, DatabaseURL
 from .errors import SettingsError
+from .password_file import VARIABLE as PASSWORD_FILE
+from .password_file import PasswordFileError, read_password
 
 __all__ = ["DatabaseURL", "Settings", "SettingsError", "setting"]
 
@@ -132,6 +134,10 @@ def _url(var: str, raw: str) -> DatabaseURL:
     return DatabaseURL.parse(raw, var)
 
 
+def _path(var: str, raw: str) -> Path:
+    return Path(raw)
+
+
 # A replica URL may list several standbys (and the primary last); prefer-standby takes the
 # first standby that answers, and the primary when none does: reads keep working either way.
 REPLICA_SESSION_ATTRS = "prefer-standby"
@@ -149,6 +155,8 @@ class Settings:
         "DB_TARGET_SESSION_ATTRS", _choice(*TARGET_SESSION_ATTRS), "read-write"
     )
     replica_url: DatabaseURL | None = setting("DATABASE_REPLICA_URL", _url, None)
+    # Read for every new connection (service/password_file.py); None: the URL's, or libpq's.
+    password_file: Path | None = setting(PASSWORD_FILE, _path, None)
     replica_max_lag: float = setting("DB_REPLICA_MAX_LAG", _seconds(), 5.0)
     pool_min_size: int = setting("DB_POOL_MIN_SIZE", _integer(0, MAX_POOL_SIZE), 2)
     pool_max_size: int = setting("DB_POOL_MAX_SIZE", _integer(1, MAX_POOL_SIZE), 30)
@@ -169,6 +177,10 @@ class Settings:
     transaction_retries: int = setting(
         "DB_TRANSACTION_RETRIES", _integer(0, MAX_TRANSACTION_RETRIES), 10
     )
+    hold_warning_ms: float = setting("DB_HOLD_WARNING_MS", _milliseconds, 0.0)
+    idle_in_transaction_timeout: float = setting(
+        "DB_IDLE_IN_TRANSACTION_TIMEOUT", _seconds(allow_zero=True), 60.0
+    )
     migrate_on_startup: bool = setting("DB_MIGRATE_ON_STARTUP", _boolean, False)
     migrate_lock_timeout: float = setting("MIGRATE_LOCK_TIMEOUT", _seconds(allow_zero=True), 60.0)
     migrate_statement_lock_timeout: float = setting(
@@ -184,6 +196,9 @@ class Settings:
     port: int = setting("PORT", _integer(1, 65535), 8000)
     workers: int = setting("WORKERS", _integer(1, MAX_WORKERS), 1)
     shutdown_timeout: float = setting("SHUTDOWN_TIMEOUT", _seconds(), 30.0)
+    # Above the idle timeouts of the load balancers in front (AWS ALB: 60 s), so they close
+    # an idle connection first and never reuse one we just closed (an intermittent 502).
+    http_keepalive_timeout: float = setting("HTTP_KEEPALIVE_TIMEOUT", _seconds(), 75.0)
     otel_endpoint: str = setting("OTEL_EXPORTER_OTLP_ENDPOINT", _url_text, "")
     log_level: str = setting("LOG_LEVEL", _choice(*_LOG_LEVELS), "info")
     log_format: str = setting("LOG_FORMAT", _choice("text", "json"), "text")
@@ -247,3 +262,21 @@ class Settings:
                 f"DB_POOL_MIN_SIZE: {self.pool_min_size} is larger than "
                 f"DB_POOL_MAX_SIZE ({self.pool_max_size})"
             )
+        if self.password_file is not None:
+            self._check_password_file(self.password_file)
+
+    def _check_password_file(self, path: Path) -> None:
+        """One password, from one place; a file that gives none is refused at start."""
+        for var, url in (
+            ("DATABASE_URL", self.database_url),
+            ("DATABASE_REPLICA_URL", self.replica_url),
+        ):
+            if url is not None and url.has_password:
+                raise SettingsError(
+                    f"{var} and {PASSWORD_FILE} both give a password: keep one "
+                    f"(remove it from {var}, or unset {PASSWORD_FILE})"
+                )
+        try:
+            read_password(path)  # not kept: each connection reads it again
+        except PasswordFileError as exc:
+            raise SettingsError(str(exc)) from None

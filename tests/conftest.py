@@ -33,6 +33,7 @@ from service.db import Database
 from service.migrations import Target
 from service.migrations import apply as apply_migrations
 from service.settings import Settings
+from tests.support import blackhole
 from tests.support.apps import test_settings
 from tests.support.cluster import Cluster, Pair
 from tests.support.servers import RUNG_DESCRIPTIONS, Server, rung, throwaway_server
@@ -201,3 +202,13 @@ def ha_pair(workdir: Path, cluster_template: Path) -> Iterator[Pair]:
     pair = Pair(workdir / f"ha-{uuid.uuid4().hex[:8]}", template=cluster_template)
     yield pair
     pair.destroy()
+
+
+@pytest.fixture(scope="session")
+def black_holes() -> None:
+    """Black holes can be made here (tests/support/blackhole.py); else the test skips, saying
+    why. Tables left by a killed run are swept once."""
+    reason = blackhole.why_not()
+    if reason is not None:
+        pytest.skip(reason)
+    blackhole.sweep_stale()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import importlib
+import logging
 import re
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from starlette.routing import Mount, Route
 from service import create_app, db_connection
 from service.settings import Settings
 from tests.support.apps import running, started, test_settings
+from tests.support.polling import wait_until_async
 
 READY = {"ready": True, "dependencies": {"db": "connected", "redis": "unknown"}}
 
@@ -243,3 +245,68 @@ async def test_the_readmes_handler_example_runs_as_pasted(
         assert (missing.status_code, missing.json()) == (404, {"error": "no such order"})
         assert (await client.get("/api/v1/ready")).status_code == 200
     sys.modules.pop("myapp", None)
+
+
+# -- DB_HOLD_WARNING_MS: a connection held too long is told, once, with where -----------
+
+
+def _held_app(settings: Settings, read_only: bool, released: asyncio.Event) -> Starlette:
+    async def held(request: Request) -> JSONResponse:
+        async with db_connection(request, read_only=read_only) as con:  # the acquire site
+            value = await con.fetchval("SELECT $1::int", request.path_params["order_id"])
+            await released.wait()
+        return JSONResponse({"value": value})
+
+    async def quick(request: Request) -> JSONResponse:
+        async with db_connection(request) as con:
+            return JSONResponse({"value": await con.fetchval("SELECT 1")})
+
+    routes = [Route("/orders/{order_id:int}/held", held), Route("/quick", quick)]
+    return create_app(settings, routes=routes)
+
+
+def _acquire_site() -> str:
+    lines = Path(__file__).read_text().splitlines()
+    number = next(n for n, line in enumerate(lines, 1) if line.endswith("# the acquire site"))
+    return f"tests/test_app.py:{number}"
+
+
+@pytest.mark.parametrize("read_only", [False, True])
+async def test_a_connection_held_too_long_is_warned_once_with_route_and_acquire_site(
+    database_url: str, caplog: pytest.LogCaptureFixture, read_only: bool
+) -> None:
+    caplog.set_level(logging.WARNING, logger="service.db")
+    released = asyncio.Event()
+    app = _held_app(test_settings(database_url, hold_warning_ms=50), read_only, released)
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "held_too_long" in r.getMessage()]
+
+    async with running(app) as client:
+        await started(app)
+        assert (await client.get("/quick")).status_code == 200  # released in time: no warning
+        request = asyncio.create_task(client.get("/orders/424242/held"))
+        await wait_until_async(warnings, "the warning, while the connection is still held")
+        released.set()
+        assert (await request).json() == {"value": 424242}
+    assert warnings() == [
+        f"db.held_too_long route=/orders/{{order_id:int}}/held acquired_at={_acquire_site()} "
+        "over_ms=50"
+    ]
+    assert "424242" not in caplog.text  # never a parameter
+
+
+async def test_off_by_default_and_then_no_caller_is_looked_up(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def no_stack_inspection(depth: int = 0) -> None:
+        raise AssertionError("the caller was looked up with DB_HOLD_WARNING_MS off")
+
+    monkeypatch.setattr("service.web.handlers._getframe", no_stack_inspection)
+    released = asyncio.Event()
+    released.set()
+    app = _held_app(settings, False, released)
+    async with running(app) as client:
+        await started(app)
+        assert (await client.get("/orders/7/held")).json() == {"value": 7}
+    assert "held_too_long" not in caplog.text

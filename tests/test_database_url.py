@@ -19,6 +19,7 @@ import psycopg
 import pytest
 
 from service import cli
+from service.database_url import SocketOptions
 from service.db import Database
 from service.db.pool import pool_arguments
 from service.settings import DatabaseURL, Settings, SettingsError
@@ -37,6 +38,10 @@ AMBIGUOUS = [
     f"postgresql://u:p@ss@{SECRET}@db.internal/app",
     f"postgresql://db.internal?user=u&password=p@{SECRET}",
 ]
+LIBPQ_TCP = (
+    "keepalives=1&keepalives_idle=30&keepalives_interval=10&keepalives_count=3"
+    "&tcp_user_timeout=10000"
+)
 ENCODE = (
     "cannot tell the password from the host: percent-encode @ / ? # % in the user name, "
     "the password and parameter values (%40 %2F %3F %23 %25)"
@@ -79,6 +84,11 @@ def test_the_same_password_percent_encoded_is_read_exactly() -> None:
             "postgresql://h/app?connect_timeout=3",
             "connect_timeout in the URL; use DB_CONNECT_TIMEOUT",
         ),
+        ("postgresql://h/app?keepalives_idle=soon", "keepalives_idle='soon' is not a whole number"),
+        ("postgresql://h/app?keepalives=yes", "keepalives='yes' is not a whole number (0 or 1)"),
+        ("postgresql://h/app?tcp_user_timeout=-1", "tcp_user_timeout='-1' is not a whole number"),
+        ("postgresql://h/app?keepalives_count=128", "keepalives_count=128 is out of range"),
+        ("postgresql://h/app?keepalives_idle=40000", "keepalives_idle=40000 is out of range"),
         (
             "postgresql://h/app?target_session_attrs=master",
             "target_session_attrs='master' is not one of read-write, any, primary, read-only, "
@@ -166,6 +176,46 @@ def test_libpq_forms_are_accepted_and_redacted(url: str, redacted: str) -> None:
     assert SECRET not in repr(settings)
     moved = settings.database_url.with_database("other")
     assert moved.redacted == re.sub(r"/app(?=\?|$)", "/other", redacted)
+
+
+# -- libpq's TCP parameters: honoured with libpq's meaning, never sent as settings ------
+
+
+def test_keepalives_and_the_user_timeout_default_on() -> None:
+    assert from_env().database_url.socket_options == SocketOptions(
+        keepalives=True, idle=30, interval=10, count=3, user_timeout_ms=10_000
+    )
+
+
+def test_the_url_s_tcp_parameters_win_and_are_kept_from_asyncpg() -> None:
+    url = DatabaseURL.parse(
+        "postgresql://u:pw@db1,db2/app?sslmode=require&keepalives_idle=5&keepalives_count=0"
+        "&tcp_user_timeout=2500&application_name=x"
+    )
+    assert url.socket_options == SocketOptions(idle=5, count=0, user_timeout_ms=2500)
+    stripped = url.for_asyncpg()
+    assert stripped.value == "postgresql://u:pw@db1,db2/app?sslmode=require&application_name=x"
+    assert stripped.per_host() == (
+        "postgresql://u:pw@db1/app?sslmode=require&application_name=x",
+        "postgresql://u:pw@db2/app?sslmode=require&application_name=x",
+    )
+    assert DatabaseURL.parse("postgresql://h/app?keepalives=0").socket_options.keepalives is False
+    assert pool_arguments(test_settings(url.value))["dsn"] == stripped.value
+
+
+async def test_a_url_with_libpq_keepalive_parameters_becomes_ready(database_url: str) -> None:
+    """As cloud providers' guides write them: asyncpg alone sends them to the server as
+    settings, which answers FATAL unrecognized configuration parameter, forever."""
+    url = f"{database_url}?{LIBPQ_TCP}"
+    async with Database(test_settings(url)) as database:
+        assert await database.wait_connected(10)
+        assert await database.check() == "connected"
+
+
+def test_migrate_takes_the_same_url(database_url: str, tmp_path: Path) -> None:
+    result = migrate(tmp_path, "list", DATABASE_URL=f"{database_url}?{LIBPQ_TCP}")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.startswith("applied  0001_")
 
 
 # -- target_session_attrs: the URL's, else DB_TARGET_SESSION_ATTRS (default read-write) --

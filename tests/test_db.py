@@ -381,3 +381,41 @@ async def test_a_full_reset_clears_session_settings_and_advisory_locks(
     )
     assert rolled_back
     assert (name, locks) == (dbmod.APPLICATION_NAME, 0)
+
+
+# -- the server-side backstop: DB_IDLE_IN_TRANSACTION_TIMEOUT ----------------------------
+
+IDLE_IN_TRANSACTION = "SELECT current_setting('idle_in_transaction_session_timeout')"
+
+
+@pytest.mark.parametrize("mode", ["rollback", "full"])
+async def test_every_connection_has_the_idle_in_transaction_timeout_and_resets_keep_it(
+    database_url: str, mode: str
+) -> None:
+    settings = test_settings(database_url, pool_min_size=1, pool_max_size=1, reset_on_release=mode)
+    async with Database(settings) as database:
+        assert await database.wait_connected(10)
+        async with database.connection() as con:
+            assert await con.fetchval(IDLE_IN_TRANSACTION) == "1min"  # the 60 s default
+            await con.execute("SET work_mem = '7MB'")
+            await con.execute("SET idle_in_transaction_session_timeout = 0")
+        async with database.connection() as con:  # the same connection, reset
+            reset = await con.fetchval("SELECT current_setting('work_mem') <> '7MB'")
+            assert reset is (mode == "full")
+            # RESET ALL goes back to the session's default: the start-up parameter.
+            expected = "1min" if mode == "full" else "0"
+            assert await con.fetchval(IDLE_IN_TRANSACTION) == expected
+
+
+@pytest.mark.parametrize(
+    ("seconds", "query", "expected"),
+    [(0, "", "0"), (2.5, "", "2500ms"), (60, "?idle_in_transaction_session_timeout=5000", "5s")],
+)
+async def test_the_idle_in_transaction_timeout_off_in_milliseconds_or_from_the_url(
+    database_url: str, seconds: float, query: str, expected: str
+) -> None:
+    settings = test_settings(database_url + query, idle_in_transaction_timeout=seconds)
+    async with Database(settings) as database:
+        assert await database.wait_connected(10)
+        async with database.connection() as con:
+            assert await con.fetchval(IDLE_IN_TRANSACTION) == expected

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import socket
+import uuid
 from pathlib import Path
 
 import httpx
@@ -155,10 +156,11 @@ async def test_probe_flood_on_a_hung_database_never_exhausts_the_pool(
 
 
 async def test_wrong_password_is_unauthorized_and_never_printed(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    workdir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    cluster = Cluster(tmp_path / "pw").init(password=SECRET)
+    # Not under pytest's tmp_path: see tests/test_password_file.py's `secured`.
+    cluster = Cluster(workdir / f"pw-{uuid.uuid4().hex[:8]}").init(password=SECRET)
     await asyncio.to_thread(cluster.start)
     try:
         wrong = f"{SECRET}-wrong"

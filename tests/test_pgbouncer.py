@@ -7,6 +7,7 @@ skip, saying why, only where the binary is absent.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 
 import asyncpg
@@ -174,3 +175,30 @@ async def test_a_timed_out_query_is_cancelled_on_the_server_through_pgbouncer(
             while await asyncio.to_thread(sleeping) != 0:
                 await asyncio.sleep(0.05)
         assert (await client.get("/api/v1/ready")).status_code == 200
+
+
+async def test_the_idle_in_transaction_timeout_is_left_out_and_alter_role_reaches_the_server(
+    pgbouncer: str, owned_cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PgBouncer refuses start-up parameters it does not forward: the service connects
+    without it, says so once, and the role's setting is what reaches the server."""
+    caplog.set_level(logging.WARNING, logger="service.db")
+    await asyncio.to_thread(
+        owned_cluster.query, "ALTER ROLE postgres SET idle_in_transaction_session_timeout = '7s'"
+    )
+    app = create_app(test_settings(pgbouncer, statement_cache_size=0, pool_min_size=2))
+    app.router.routes.append(Route("/n/{n:int}", _number, methods=["GET"]))
+    async with running(app) as client:
+        await started(app)
+        assert (await client.get("/api/v1/ready")).status_code == 200
+        assert (await client.get("/n/3")).json() == {"n": 3, "next": 4}
+        database: Database = app.state.lifespan_state["db"]
+        async with database.connection() as con:
+            timeout = await con.fetchval("SHOW idle_in_transaction_session_timeout")
+    assert timeout == "7s"
+    messages = [record.getMessage() for record in caplog.records]
+    refused = [message for message in messages if "startup_parameter_refused" in message]
+    assert refused == [
+        "db.startup_parameter_refused name=idle_in_transaction_session_timeout (PgBouncer?): "
+        "not sent; set it on the server instead (ALTER ROLE … SET)"
+    ]

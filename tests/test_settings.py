@@ -104,6 +104,9 @@ def test_defaults_are_production_shaped() -> None:
     assert settings.pool_max_lifetime == 3600
     assert settings.ready_timeout < 1  # below Kubernetes' default 1 s probe timeout
     assert (settings.host, settings.port) == ("127.0.0.1", 8000)
+    assert settings.http_keepalive_timeout > 60  # above AWS ALB's default idle timeout
+    assert settings.idle_in_transaction_timeout == 60
+    assert (settings.hold_warning_ms, settings.password_file) == (0, None)  # off
 
 
 def test_every_variable_is_read() -> None:
@@ -129,6 +132,9 @@ def test_every_variable_is_read() -> None:
         ACCESS_LOG="off",
         DATABASE_REPLICA_URL="postgresql://app@replica:5432/orders",
         DB_REPLICA_MAX_LAG="2.5",
+        DB_IDLE_IN_TRANSACTION_TIMEOUT="0",
+        DB_HOLD_WARNING_MS="250",
+        HTTP_KEEPALIVE_TIMEOUT="650",
     )
     assert settings == Settings(
         replica_url=DatabaseURL.parse("postgresql://app@replica:5432/orders"),
@@ -152,6 +158,9 @@ def test_every_variable_is_read() -> None:
         log_level="debug",
         log_format="json",
         access_log=False,
+        idle_in_transaction_timeout=0,
+        hold_warning_ms=250,
+        http_keepalive_timeout=650,
     )
 
 
@@ -204,6 +213,12 @@ def test_every_variable_is_read() -> None:
         ),
         ({"DB_REPLICA_MAX_LAG": "0"}, "DB_REPLICA_MAX_LAG: '0' is out of range"),
         ({"DB_REPLICA_MAX_LAG": "a while"}, "DB_REPLICA_MAX_LAG: 'a while' is not a number"),
+        ({"HTTP_KEEPALIVE_TIMEOUT": "0"}, "HTTP_KEEPALIVE_TIMEOUT: '0' is out of range"),
+        ({"DB_HOLD_WARNING_MS": "soon"}, "DB_HOLD_WARNING_MS: 'soon' is not a number"),
+        (
+            {"DB_IDLE_IN_TRANSACTION_TIMEOUT": "-1"},
+            "DB_IDLE_IN_TRANSACTION_TIMEOUT: '-1' is out of range (seconds, must be >= 0)",
+        ),
     ],
 )
 def test_bad_values_are_refused_with_the_variable_named(env: dict[str, str], message: str) -> None:

@@ -11,7 +11,7 @@ import pytest
 from tests.support.polling import WaitTimeout, wait_until, wait_until_async
 from tests.support.process import ROOT
 
-SUPPORT_MODULES = ("apps", "cluster", "migrations", "polling", "process", "servers")
+SUPPORT_MODULES = ("apps", "blackhole", "cluster", "migrations", "polling", "process", "servers")
 
 
 def test_support_imports_neither_pytest_nor_docker() -> None:

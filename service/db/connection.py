@@ -9,11 +9,15 @@ import asyncio
 import contextlib
 import math
 import select
+import socket
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from ..database_url import SocketOptions
+from ..password_file import PasswordFileError
 from .states import DbState
 
 CLIENT_DISCONNECTED = "client disconnected"  # the message of a disconnect's cancellation
@@ -62,17 +66,23 @@ class Connection(asyncpg.Connection):
         self.full_reset = True  # DB_RESET_ON_RELEASE=full; set by the pool's init
         self._nothing_to_reset = False
         self._listened = False  # add_listener ran: the server holds a LISTEN to undo
-        self._socket_events: select.poll | None = None  # set by watch_socket()
+        self._socket_events: select.poll | None = None  # set by prepare_socket()
 
-    def watch_socket(self) -> None:
-        """Look at this connection's socket from now on (see `server_went_away`)."""
-        # asyncpg keeps the transport private (tests/test_connection.py pins it).
+    def prepare_socket(self, tcp: Sequence[tuple[int, int, int]]) -> None:
+        """Set `tcp` (tcp_options: keepalives, the user timeout) on this connection's
+        socket, and look at it from now on (see `server_went_away`)."""
+        # asyncpg keeps the transport private (tests/test_connection.py pins it). With
+        # uvloop the socket is a stand-in that still takes setsockopt.
         transport: asyncio.Transport = self._transport  # type: ignore[attr-defined]
         sock = transport.get_extra_info("socket")
-        if sock is not None:
-            events = select.poll()
-            events.register(sock.fileno(), select.POLLIN | select.POLLRDHUP)
-            self._socket_events = events
+        if sock is None:
+            return
+        if sock.family in (socket.AF_INET, socket.AF_INET6):  # not a Unix socket
+            for level, option, value in tcp:
+                sock.setsockopt(level, option, value)
+        events = select.poll()
+        events.register(sock.fileno(), select.POLLIN | select.POLLRDHUP)
+        self._socket_events = events
 
     def server_went_away(self) -> bool:
         """The server wrote to or closed this idle connection: it must not be lent.
@@ -121,6 +131,29 @@ class Connection(asyncpg.Connection):
     def terminate(self) -> None:
         self.closed_by_us = self.closed_by_us or not self.is_closed()
         super().terminate()
+
+
+def tcp_options(options: SocketOptions) -> tuple[tuple[int, int, int], ...]:
+    """`setsockopt` arguments for `options`, libpq's way: 0 leaves the system's default.
+
+    Options this platform lacks are left out, as libpq does (macOS has no
+    TCP_USER_TIMEOUT and names TCP_KEEPIDLE otherwise).
+    """
+    tcp = socket.IPPROTO_TCP
+    wanted = [(socket.SOL_SOCKET, "SO_KEEPALIVE", int(options.keepalives))]
+    if options.keepalives:
+        wanted += [
+            (tcp, "TCP_KEEPIDLE", options.idle),
+            (tcp, "TCP_KEEPINTVL", options.interval),
+            (tcp, "TCP_KEEPCNT", options.count),
+        ]
+    wanted.append((tcp, "TCP_USER_TIMEOUT", options.user_timeout_ms))
+    found = []
+    for level, name, value in wanted:
+        option = getattr(socket, name, None)
+        if option is not None and (value > 0 or name == "SO_KEEPALIVE"):
+            found.append((level, option, value))
+    return tuple(found)
 
 
 # The connection or the server is gone: class 08 (connection exceptions), 57P01-57P05
@@ -186,7 +219,7 @@ def classify(exc: BaseException) -> DbState:
     if isinstance(exc, ServerRefusesWrites | asyncpg.TargetServerAttributeNotMatched):
         # No host of the list is what target_session_attrs asks for (read-write: a primary).
         return DbState.READ_ONLY
-    if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError):
+    if isinstance(exc, asyncpg.InvalidAuthorizationSpecificationError | PasswordFileError):
         return DbState.UNAUTHORIZED
     if isinstance(exc, asyncpg.InvalidCatalogNameError):
         return DbState.UNKNOWN_DATABASE

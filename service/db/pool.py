@@ -8,6 +8,7 @@ connections.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -23,6 +24,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from ..backoff import Backoff
 from ..histogram import Histogram
+from ..password_file import PasswordFileError, read_password
 from ..settings import Settings
 from .codecs import set_json_codecs
 from .connection import (
@@ -38,6 +40,7 @@ from .connection import (
     connection_gone,
     discard,
     refuses_writes,
+    tcp_options,
 )
 from .singleflight import SingleFlight
 from .states import DbState
@@ -50,9 +53,11 @@ log = logging.getLogger("service.db")
 # a plain query, run on whichever server connection PgBouncer lends).
 READY_QUERY = "SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off'"
 APPLICATION_NAME = "service"
-# Every session's defaults (start-up parameters: PgBouncer forwards both). UTC: a
-# timestamptz reads back the same whatever the server's or the process's zone.
-SERVER_SETTINGS = {"application_name": APPLICATION_NAME, "TimeZone": "UTC"}
+# DB_IDLE_IN_TRANSACTION_TIMEOUT goes as a start-up parameter: it is then the session's
+# default, which RESET ALL (DB_RESET_ON_RELEASE=full) keeps, at no round trip. PgBouncer
+# refuses start-up parameters it does not know ("unsupported startup parameter"); then it
+# is left out, said once, and ALTER ROLE … SET is the way (docs/operations.md).
+IDLE_IN_TRANSACTION = "idle_in_transaction_session_timeout"
 # Reconnecting: 0.25 s doubling to 5 s (service/backoff.py). A server that refuses writes
 # is usually mid-switchover behind one address (a proxy, a DNS name): retried quickly, so
 # writes resume within a second of it routing to a primary.
@@ -80,6 +85,7 @@ _ACQUIRE_FAILED = (
     asyncpg.InterfaceError,
     asyncpg.TargetServerAttributeNotMatched,
     ConnectionSetupFailed,
+    PasswordFileError,
 )
 
 # What a handler holds: asyncpg's proxy of a pooled connection (subscriptable in stubs only).
@@ -91,6 +97,7 @@ OnConnect: TypeAlias = Callable[[asyncpg.Connection], Awaitable[None]]
 
 class PoolArguments(TypedDict):
     dsn: str | None
+    password: Callable[[], str] | None
     min_size: int
     max_size: int
     max_inactive_connection_lifetime: float
@@ -103,7 +110,13 @@ class PoolArguments(TypedDict):
 def pool_arguments(settings: Settings) -> PoolArguments:
     """The settings as `asyncpg.create_pool` arguments (also scripts/bench's bare pool)."""
     return {
-        "dsn": settings.database_url.value,
+        "dsn": settings.database_url.for_asyncpg().value,  # libpq's TCP parameters: init
+        # DATABASE_PASSWORD_FILE: asyncpg calls it for every new connection.
+        "password": (
+            None
+            if settings.password_file is None
+            else functools.partial(read_password, settings.password_file)
+        ),
         "min_size": settings.pool_min_size,
         "max_size": settings.pool_max_size,
         "max_inactive_connection_lifetime": settings.pool_max_inactive_lifetime,
@@ -114,6 +127,28 @@ def pool_arguments(settings: Settings) -> PoolArguments:
     }
 
 
+def server_settings(settings: Settings) -> dict[str, str]:
+    """The start-up parameters every connection sends: its name, UTC, and the
+    idle-in-transaction backstop unless it is off or the URL names its own."""
+    # UTC: a timestamptz reads back the same whatever the server's or the process's zone
+    # (PgBouncer forwards TimeZone and application_name).
+    sent = {"application_name": APPLICATION_NAME, "TimeZone": "UTC"}
+    timeout = settings.idle_in_transaction_timeout
+    if timeout > 0 and settings.database_url.param(IDLE_IN_TRANSACTION) is None:
+        sent[IDLE_IN_TRANSACTION] = str(max(1, round(timeout * 1000)))  # milliseconds
+    return sent
+
+
+def _refused_at_startup(exc: BaseException, parameter: str) -> bool:
+    """PgBouncer's answer to a start-up parameter it does not forward (SQLSTATE 08P01)."""
+    text = str(exc)
+    return (
+        isinstance(exc, asyncpg.ProtocolViolationError)
+        and "unsupported startup parameter" in text
+        and parameter in text
+    )
+
+
 class HoldWatch(Protocol):
     """Told while a handler holds a connection (the request's disconnect watch)."""
 
@@ -122,27 +157,47 @@ class HoldWatch(Protocol):
     def let_go(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """Who holds a lent connection, for DB_HOLD_WARNING_MS: the route template and the
+    line that acquired it (`orders.py:14`). Never a parameter."""
+
+    route: str
+    site: str
+
+
 class PooledConnection:
     """`async with db.connection() as con`: a bounded acquire, always a release.
 
     A plain class rather than @asynccontextmanager: it runs on every request.
     """
 
-    __slots__ = ("_db", "_timeout", "_watch", "_pool", "_con", "_acquired_at")
+    __slots__ = ("_db", "_timeout", "_watch", "_holder", "_pool", "_con", "_acquired_at", "_timer")
 
-    def __init__(self, db: Database, timeout: float | None, watch: HoldWatch | None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        timeout: float | None,
+        watch: HoldWatch | None,
+        holder: Holder | None = None,
+    ) -> None:
         self._db = db
         self._timeout = timeout
         self._watch = watch  # a client that leaves cancels the handler (web/disconnect.py)
+        self._holder = holder  # given only when DB_HOLD_WARNING_MS is on
         self._pool: asyncpg.Pool | None = None  # the pool that lent it (it may be replaced)
         self._con: Proxy | None = None
         self._acquired_at = 0.0
+        self._timer: asyncio.TimerHandle | None = None
 
     async def __aenter__(self) -> Proxy:
         self._pool, self._con = pool, con = await self._db._lend(self._timeout)
         self._acquired_at = time.perf_counter()
         if self._watch is not None:
             self._watch.hold()
+        if self._holder is not None:
+            # Fires while the connection is still held: a hold that never ends is told too.
+            self._timer = self._db._warn_when_held_too_long(self._holder)
         return con
 
     async def __aexit__(
@@ -156,6 +211,8 @@ class PooledConnection:
             return
         if self._watch is not None:
             self._watch.let_go()
+        if self._timer is not None:
+            self._timer.cancel()
         assert self._pool is not None  # set with the connection
         await self._db._take_back(self._pool, con, exc, time.perf_counter() - self._acquired_at)
 
@@ -204,11 +261,15 @@ class Database:
     ) -> None:
         self._settings = settings
         self._on_connect = on_connect
-        self._hosts = settings.database_url.per_host()
+        self._hosts = settings.database_url.for_asyncpg().per_host()
+        self._tcp_options = tcp_options(settings.database_url.socket_options)
+        self._server_settings = server_settings(settings)
+        self._password_failure = ""  # DATABASE_PASSWORD_FILE's last error, logged once
         self._name = name  # the logs' prefix: db.connected, db_replica.lost, …
         self._requires_writes = requires_writes
         self._max_lifetime = settings.pool_max_lifetime
         self._max_size = settings.pool_max_size
+        self._hold_warning = settings.hold_warning_ms / 1000  # seconds; 0: off
         self._pool: asyncpg.Pool | None = None
         self._state = DbState.CONNECTING
         # Run with the new pool before it is published, so readiness waits for them
@@ -301,16 +362,26 @@ class Database:
             return False
         return self._pool is not None
 
+    @property
+    def warns_on_long_holds(self) -> bool:
+        """DB_HOLD_WARNING_MS is on: callers pass a Holder to `connection()`."""
+        return self._hold_warning > 0
+
     def connection(
-        self, timeout: float | None = None, *, watch: HoldWatch | None = None
+        self,
+        timeout: float | None = None,
+        *,
+        watch: HoldWatch | None = None,
+        holder: Holder | None = None,
     ) -> PooledConnection:
         """A connection for one block: bounded acquire, always released, even on error.
 
         Waits at most `timeout` (DB_ACQUIRE_TIMEOUT) for a free connection; a 503 word
-        (DatabaseUnavailable) otherwise. `watch` is told while the block holds it.
+        (DatabaseUnavailable) otherwise. `watch` is told while the block holds it;
+        `holder` is named in DB_HOLD_WARNING_MS's warning.
         """
         bound = self._settings.acquire_timeout if timeout is None else timeout
-        return PooledConnection(self, bound, watch)
+        return PooledConnection(self, bound, watch, holder)
 
     async def run_in_transaction(
         self,
@@ -319,6 +390,7 @@ class Database:
         isolation: Isolation = "read_committed",
         read_only: bool = False,
         watch: HoldWatch | None = None,
+        holder: Holder | None = None,
     ) -> T:
         """`await fn(con)` in a transaction, committed, its result returned; run again from
         the start on a serialization failure or a deadlock (db/transactions.py).
@@ -326,7 +398,7 @@ class Database:
         For work outside a request (a job, a script); handlers use the request's
         `run_in_transaction(request, fn)`.
         """
-        async with self.connection(watch=watch) as con:
+        async with self.connection(watch=watch, holder=holder) as con:
             return await run_transaction(
                 con,  # type: ignore[arg-type]  # the proxy forwards every Connection call
                 fn,  # type: ignore[arg-type]
@@ -483,6 +555,19 @@ class Database:
             raise DatabaseUnavailable(DbState.DISCONNECTED) from exc
         if writes_refused:
             raise DatabaseUnavailable(DbState.READ_ONLY) from exc
+
+    def _warn_when_held_too_long(self, holder: Holder) -> asyncio.TimerHandle:
+        """One warning, DB_HOLD_WARNING_MS after the acquire, unless released before
+        (HikariCP's leakDetectionThreshold)."""
+        return asyncio.get_running_loop().call_later(
+            self._hold_warning,
+            log.warning,
+            "%s.held_too_long route=%s acquired_at=%s over_ms=%g",
+            self._name,
+            holder.route,
+            holder.site,
+            self._settings.hold_warning_ms,
+        )
 
     def _refuses_writes(self, exc: BaseException) -> bool:
         """A write the server refused as read-only, on a pool that needs writes."""
@@ -659,10 +744,51 @@ class Database:
         return await asyncpg.create_pool(
             **pool_arguments(self._settings),
             connection_class=Connection,
-            server_settings=SERVER_SETTINGS,
             init=self._connection_opened,
-            # A host list: host by host, a connect timeout each; one host: asyncpg's own.
-            connect=self._connect_each_host if len(self._hosts) > 1 else None,
+            connect=self._connect,
+        )
+
+    async def _connect(self, dsn: str | None = None, **kwargs: Any) -> asyncpg.Connection:
+        """One new connection with our start-up parameters (the pool's connect hook)."""
+        kwargs["server_settings"] = dict(self._server_settings)
+        if self._settings.password_file is not None:
+            kwargs["password"] = self._read_password
+        # A host list: host by host, a connect timeout each; one host: asyncpg's own.
+        connect = self._connect_each_host if len(self._hosts) > 1 else asyncpg.connect
+        try:
+            return await connect(dsn, **kwargs)
+        except asyncpg.ProtocolViolationError as exc:
+            if not _refused_at_startup(exc, IDLE_IN_TRANSACTION):
+                raise
+        self._leave_out(IDLE_IN_TRANSACTION)
+        kwargs["server_settings"] = dict(self._server_settings)
+        return await connect(dsn, **kwargs)
+
+    def _read_password(self) -> str:
+        """DATABASE_PASSWORD_FILE, read as asyncpg opens a connection; a file that gives
+        none is said once (its path, never a password), and readiness says `unauthorized`."""
+        assert self._settings.password_file is not None
+        try:
+            password = read_password(self._settings.password_file)
+        except PasswordFileError as exc:
+            if str(exc) != self._password_failure:
+                self._password_failure = str(exc)
+                log.warning("%s.password_file %s", self._name, exc)
+            raise
+        self._password_failure = ""
+        return password
+
+    def _leave_out(self, parameter: str) -> None:
+        """A start-up parameter the server (PgBouncer) refused: never sent again by this
+        Database; said once."""
+        if parameter not in self._server_settings:
+            return  # another connection attempt was refused at the same time
+        self._server_settings = {k: v for k, v in self._server_settings.items() if k != parameter}
+        log.warning(
+            "%s.startup_parameter_refused name=%s (PgBouncer?): not sent; set it on the "
+            "server instead (ALTER ROLE … SET)",
+            self._name,
+            parameter,
         )
 
     async def _connect_each_host(self, dsn: str | None = None, **kwargs: Any) -> asyncpg.Connection:
@@ -690,7 +816,9 @@ class Database:
         con = cast(Connection, connection)  # connection_class=Connection
         self._opened += 1
         con.full_reset = self._settings.reset_on_release == "full"
-        con.watch_socket()
+        # Keepalives and the user timeout (asyncpg sets only TCP_NODELAY), and the poll
+        # that tells at acquire whether the server wrote to or closed it meanwhile.
+        con.prepare_socket(self._tcp_options)
         await set_json_codecs(con)
         if self._on_connect is not None:
             await self._run_on_connect(con)

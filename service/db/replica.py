@@ -18,7 +18,7 @@ from types import TracebackType
 
 from ..settings import Settings
 from .connection import DatabaseUnavailable
-from .pool import Database, HoldWatch, OnConnect, PooledConnection, PoolStats, Proxy
+from .pool import Database, Holder, HoldWatch, OnConnect, PooledConnection, PoolStats, Proxy
 from .states import LAGGING, DbState
 
 log = logging.getLogger("service.db")
@@ -197,10 +197,14 @@ class Replicas:
             await self.replica.close()
 
     def connection(
-        self, timeout: float | None = None, *, watch: HoldWatch | None = None
+        self,
+        timeout: float | None = None,
+        *,
+        watch: HoldWatch | None = None,
+        holder: Holder | None = None,
     ) -> ReadConnection:
         """A connection for reads that tolerate DB_REPLICA_MAX_LAG of staleness."""
-        return ReadConnection(self, timeout, watch)
+        return ReadConnection(self, timeout, watch, holder)
 
     def word(self) -> str | None:
         """The replica's readiness word (`lagging` too); None when none is configured."""
@@ -229,19 +233,26 @@ class ReadConnection:
     """`async with replicas.connection() as con`: the replica's connection, or the primary's
     when the replica cannot serve (and when it went down since the last measurement)."""
 
-    __slots__ = ("_replicas", "_timeout", "_watch", "_lease")
+    __slots__ = ("_replicas", "_timeout", "_watch", "_holder", "_lease")
 
-    def __init__(self, replicas: Replicas, timeout: float | None, watch: HoldWatch | None) -> None:
+    def __init__(
+        self,
+        replicas: Replicas,
+        timeout: float | None,
+        watch: HoldWatch | None,
+        holder: Holder | None,
+    ) -> None:
         self._replicas = replicas
         self._timeout = timeout
         self._watch = watch
+        self._holder = holder
         self._lease: PooledConnection | None = None
 
     async def __aenter__(self) -> Proxy:
         replicas = self._replicas
         chosen = replicas._choose()
         if isinstance(chosen, Database):
-            lease = chosen.connection(self._timeout, watch=self._watch)
+            lease = chosen.connection(self._timeout, watch=self._watch, holder=self._holder)
             try:
                 con = await lease.__aenter__()
             except DatabaseUnavailable:
@@ -250,7 +261,7 @@ class ReadConnection:
                 self._lease = lease
                 return con
         replicas._fell_back(chosen)
-        lease = replicas.primary.connection(self._timeout, watch=self._watch)
+        lease = replicas.primary.connection(self._timeout, watch=self._watch, holder=self._holder)
         con = await lease.__aenter__()
         self._lease = lease
         return con

@@ -15,7 +15,8 @@ from typing import Any
 
 import psycopg
 
-from ..settings import DatabaseURL, Settings
+from ..password_file import VARIABLE as PASSWORD_FILE
+from ..settings import DatabaseURL, Settings, SettingsError
 from .connection import CannotConnect, Target, describe
 from .files import MigrationError, MigrationUsageError
 from .offline import apply_script
@@ -83,7 +84,10 @@ def add_command(commands: Any) -> None:
 def run(settings: Settings, args: argparse.Namespace) -> int:
     """Run one migrate action; an error becomes one line on stderr and exit 1 or 2."""
     if args.database:
-        settings = replace(settings, database_url=DatabaseURL.parse(args.database, "--database"))
+        given = DatabaseURL.parse(args.database, "--database")
+        if settings.password_file is not None and given.has_password:
+            raise SettingsError(f"--database and {PASSWORD_FILE} both give a password: keep one")
+        settings = replace(settings, database_url=given)
     url = settings.database_url
     failed = EXIT_ERROR if args.action == "check" else EXIT_FAILED  # check's 1 means "behind"
     try:

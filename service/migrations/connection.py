@@ -11,11 +11,13 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from ..password_file import PasswordFileError, read_password
 from ..settings import DatabaseURL, Settings
 from .files import MigrationError
 
@@ -33,10 +35,16 @@ class Target:
     url: DatabaseURL
     session_attrs: str = "read-write"
     connect_timeout: float = 5.0
+    password_file: Path | None = None  # DATABASE_PASSWORD_FILE, read at each connect
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Target:
-        return cls(settings.database_url, settings.session_attrs, settings.connect_timeout)
+        return cls(
+            settings.database_url,
+            settings.session_attrs,
+            settings.connect_timeout,
+            settings.password_file,
+        )
 
     @classmethod
     def parse(cls, url: str) -> Target:
@@ -48,10 +56,19 @@ def connect(target: Target, *, purpose: str = "") -> psycopg.Connection[Any]:
     """A psycopg connection in autocommit mode, named for pg_stat_activity.
 
     `service-migrate <host>:<pid>`, or `service-migrate-<purpose> <host>:<pid>` for a
-    runner's second connections (the guard), so that each session says what it is.
+    runner's second connections (the guard), so that each session says what it is. libpq
+    applies the URL's keepalives and tcp_user_timeout itself; those it does not name get
+    the service's defaults (libpq's own leave a vanished server's socket open for hours).
     """
     url = target.url
     name = f"{APPLICATION_NAME}-{purpose}" if purpose else APPLICATION_NAME
+    tcp: dict[str, Any] = url.socket_options.libpq()  # the URL's values where it names them
+    secret: dict[str, Any] = {}
+    if target.password_file is not None:
+        try:
+            secret["password"] = read_password(target.password_file)
+        except PasswordFileError as exc:
+            raise CannotConnect(f"cannot connect to {url.redacted}: {exc}") from None
     try:
         return psycopg.connect(
             url.value or "",
@@ -59,9 +76,12 @@ def connect(target: Target, *, purpose: str = "") -> psycopg.Connection[Any]:
             connect_timeout=max(2, round(target.connect_timeout)),
             target_session_attrs=target.session_attrs,
             application_name=f"{name} {socket.gethostname()}:{os.getpid()}"[:63],
+            **tcp,
+            **secret,
         )
     except psycopg.Error as exc:
-        raise CannotConnect(f"cannot connect to {url.redacted}: {describe(exc, url)}") from None
+        line = describe(exc, url, secret.get("password"))
+        raise CannotConnect(f"cannot connect to {url.redacted}: {line}") from None
 
 
 @contextmanager
@@ -78,11 +98,13 @@ def reading(target: Target) -> Iterator[psycopg.Connection[Any]]:
             yield con
 
 
-def describe(exc: BaseException, url: DatabaseURL | None = None) -> str:
-    """The first line of a driver error, with any password scrubbed."""
+def describe(
+    exc: BaseException, url: DatabaseURL | None = None, password: str | None = None
+) -> str:
+    """The first line of a driver error, with the URL's password (or `password`) scrubbed."""
     diag = getattr(exc, "diag", None)
     text = (diag.message_primary if diag is not None else None) or str(exc) or type(exc).__name__
     line = next((part.strip() for part in text.splitlines() if part.strip()), text)
     line = line.removeprefix("connection failed: ").replace("FATAL:  ", "")
-    password = conninfo_to_dict(url.value or "").get("password") if url else None
-    return line.replace(str(password), "***") if password else line
+    secret = password or (conninfo_to_dict(url.value or "").get("password") if url else None)
+    return line.replace(str(secret), "***") if secret else line

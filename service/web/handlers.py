@@ -11,17 +11,21 @@ errors.py (409, 422, 400, 503), a lost connection 503, a bad body 4xx.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
+from sys import _getframe
+from types import FrameType
 from typing import TypeVar
 
 from starlette.requests import Request
 
 from ..db import Database, Replicas
-from ..db.pool import Proxy
+from ..db.pool import Holder, Proxy
 from ..db.transactions import Isolation
 from .bodies import json_response, read_json
 from .disconnect import SCOPE_KEY
+from .middleware import UNMATCHED, route_template
 
 T = TypeVar("T")
 
@@ -40,11 +44,14 @@ def db_connection(
     connection when one is configured, up and current, else the primary's.
     """
     watch = request.scope.get(SCOPE_KEY)  # a client that leaves cancels the query
+    db: Database = request.state.db
+    holder = None
+    if db.warns_on_long_holds:  # DB_HOLD_WARNING_MS: only then is the caller looked up
+        holder = _holder(request, _getframe(1))
     if read_only:
         reads: Replicas = request.state.reads
-        return reads.connection(watch=watch)
-    db: Database = request.state.db
-    return db.connection(watch=watch)
+        return reads.connection(watch=watch, holder=holder)
+    return db.connection(watch=watch, holder=holder)
 
 
 async def run_in_transaction(
@@ -65,6 +72,20 @@ async def run_in_transaction(
     a 503 saying the outcome is unknown.
     """
     db: Database = request.state.db
+    holder = _holder(request, _getframe(1)) if db.warns_on_long_holds else None
     return await db.run_in_transaction(
-        fn, isolation=isolation, read_only=read_only, watch=request.scope.get(SCOPE_KEY)
+        fn,
+        isolation=isolation,
+        read_only=read_only,
+        watch=request.scope.get(SCOPE_KEY),
+        holder=holder,
     )
+
+
+def _holder(request: Request, caller: FrameType) -> Holder:
+    """The route template and the handler's line calling us (file:line, the path relative
+    to the working directory when under it), for DB_HOLD_WARNING_MS's warning."""
+    path = caller.f_code.co_filename
+    here = os.getcwd() + os.sep
+    site = f"{path.removeprefix(here)}:{caller.f_lineno}"
+    return Holder(route_template(request.scope) or UNMATCHED, site)

@@ -46,6 +46,8 @@ def serve(settings: Settings, app: str) -> int:
         access_log=settings.access_log,
         # Typed int, but uvicorn only passes it to asyncio.wait_for, which takes a float.
         timeout_graceful_shutdown=settings.shutdown_timeout,  # type: ignore[arg-type]
+        # Typed int, but uvicorn only passes it to loop.call_later, which takes a float.
+        timeout_keep_alive=settings.http_keepalive_timeout,  # type: ignore[arg-type]
         lifespan="on",
         proxy_headers=False,
         server_header=False,

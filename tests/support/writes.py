@@ -4,11 +4,14 @@ echoes a JSON body, for tests of body limits on a real server.)
 
 The table is made by `create_table(url)` on the primary before the service starts. A
 write inserts a row in a transaction; `?hold=SECONDS` keeps the transaction open that
-long after the insert (a write in flight when the server goes away).
+long after the insert (a write in flight when the server goes away). `/lock/{id}` locks a
+row (`SELECT … FOR UPDATE`) and keeps the transaction open `?hold=SECONDS` while the
+handler awaits something else, as a handler that calls another service mid-transaction.
 """
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import threading
@@ -46,6 +49,16 @@ async def write(request: Request) -> JSONResponse:
     return JSONResponse({"id": row_id})
 
 
+async def lock(request: Request) -> JSONResponse:
+    row_id = request.path_params["id"]
+    hold = float(request.query_params.get("hold", "0"))
+    async with db_connection(request) as con:
+        async with con.transaction():
+            await con.execute("SELECT id FROM fault_writes WHERE id = $1 FOR UPDATE", row_id)
+            await asyncio.sleep(hold)  # idle in transaction, the row locked
+    return JSONResponse({"id": row_id})
+
+
 async def boom(request: Request) -> JSONResponse:
     raise RuntimeError("a handler bug")
 
@@ -58,6 +71,7 @@ def app() -> Starlette:
     return create_app(
         routes=[
             Route("/write", write, methods=["POST"]),
+            Route("/lock/{id:int}", lock, methods=["POST"]),
             Route("/boom", boom, methods=["GET"]),
             Route("/echo", echo, methods=["POST"]),
         ]
