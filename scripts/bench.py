@@ -51,7 +51,7 @@ import psycopg  # noqa: E402
 from bench_apps import READ, ROWS, SETUP, WRITE_BODY, WRITE_PATH  # noqa: E402 - beside this file
 
 from service.db import Database  # noqa: E402
-from service.db.pool import pool_arguments  # noqa: E402
+from service.db.opening import pool_arguments  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from tests.support.process import HEALTH, READY, ServiceProcess  # noqa: E402
 from tests.support.servers import throwaway_database  # noqa: E402

@@ -21,7 +21,7 @@ import pytest
 from service import cli
 from service.database_url import SocketOptions
 from service.db import Database
-from service.db.pool import pool_arguments
+from service.db.opening import pool_arguments
 from service.settings import DatabaseURL, Settings, SettingsError
 from tests.support.apps import test_settings
 from tests.support.cluster import free_port

@@ -19,6 +19,7 @@ import pytest
 from service.db import Database, DatabaseUnavailable, DbState
 from service.db import pool as dbmod
 from service.db.connection import classify
+from service.db.opening import APPLICATION_NAME
 from service.settings import Settings
 from tests.support.apps import test_settings
 from tests.support.cluster import free_port
@@ -38,7 +39,7 @@ async def test_pool_is_created_with_the_configured_settings(database_url: str) -
         assert pool.get_size() == 2  # the floor is opened up front
         async with database.connection() as con:
             name = await con.fetchval("SELECT current_setting('application_name')")
-            assert name == dbmod.APPLICATION_NAME
+            assert name == APPLICATION_NAME
             assert con._con._config.command_timeout == 7
     assert database.stats().size == 0
     assert database.state == DbState.CLOSED
@@ -370,7 +371,7 @@ async def test_a_listener_left_behind_gets_the_full_reset(
         database_url, mode, True, expect_loop_exception
     )
     assert rolled_back and channels == ""  # no server-side LISTEN outlives its handler
-    assert (name, locks) == (dbmod.APPLICATION_NAME, 0)
+    assert (name, locks) == (APPLICATION_NAME, 0)
 
 
 async def test_a_full_reset_clears_session_settings_and_advisory_locks(
@@ -380,7 +381,7 @@ async def test_a_full_reset_clears_session_settings_and_advisory_locks(
         database_url, "full", False, expect_loop_exception
     )
     assert rolled_back
-    assert (name, locks) == (dbmod.APPLICATION_NAME, 0)
+    assert (name, locks) == (APPLICATION_NAME, 0)
 
 
 # -- the server-side backstop: DB_IDLE_IN_TRANSACTION_TIMEOUT ----------------------------

@@ -110,7 +110,13 @@ async def test_hung_database_probe_answers_timeout_within_the_deadline(
                 assert await asyncio.wait_for(_ready_state(client), 5) == (503, "timeout")
         finally:
             owned_cluster.resume()
-        assert await _ready_state(client) == (200, "connected")
+
+        # Ready again by itself (how soon is scripts/faults' figure: a 0.3 s deadline can
+        # pass while a loaded machine reopens the expired connections).
+        async def ready() -> bool:
+            return await _ready_state(client) == (200, "connected")
+
+        await wait_until_async(ready, "readiness to be back", timeout=10)
 
 
 async def test_a_probe_connection_closed_after_a_long_hang_raises_nothing_later(

@@ -8,30 +8,23 @@ connections.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol, TypeAlias, TypedDict, TypeVar, cast
+from typing import Any, Protocol, TypeAlias, TypeVar, cast
 
 import asyncpg
-from asyncpg.connect_utils import SessionAttribute
-from asyncpg.connection import LoggedQuery
 from asyncpg.pool import PoolConnectionProxy
 
 from ..backoff import Backoff
 from ..histogram import Histogram
-from ..password_file import PasswordFileError, read_password
 from ..settings import Settings
-from .codecs import set_json_codecs
 from .connection import (
     CALLER_ERRORS,
     CLIENT_DISCONNECTED,
     Connection,
-    ConnectionSetupFailed,
     DatabaseUnavailable,
     QueryTimeout,
     ServerRefusesWrites,
@@ -40,8 +33,8 @@ from .connection import (
     connection_gone,
     discard,
     refuses_writes,
-    tcp_options,
 )
+from .opening import OPEN_FAILED, OnConnect, Opener
 from .singleflight import SingleFlight
 from .states import DbState
 from .transactions import Isolation, TransactionCounts, run_transaction
@@ -52,19 +45,12 @@ log = logging.getLogger("service.db")
 # primary or `default_transaction_read_only` answers false (also through PgBouncer: it is
 # a plain query, run on whichever server connection PgBouncer lends).
 READY_QUERY = "SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off'"
-APPLICATION_NAME = "service"
-# DB_IDLE_IN_TRANSACTION_TIMEOUT goes as a start-up parameter: it is then the session's
-# default, which RESET ALL (DB_RESET_ON_RELEASE=full) keeps, at no round trip. PgBouncer
-# refuses start-up parameters it does not know ("unsupported startup parameter"); then it
-# is left out, said once, and ALTER ROLE … SET is the way (docs/operations.md).
-IDLE_IN_TRANSACTION = "idle_in_transaction_session_timeout"
 # Reconnecting: 0.25 s doubling to 5 s (service/backoff.py). A server that refuses writes
 # is usually mid-switchover behind one address (a proxy, a DNS name): retried quickly, so
 # writes resume within a second of it routing to a primary.
 RETRY_FIRST_DELAY = 0.25
 RETRY_MAX_DELAY = 5.0
 READ_ONLY_MAX_DELAY = 0.5
-LIFETIME_SPREAD = 0.05  # DB_POOL_MAX_LIFETIME less up to 5 %, as psycopg_pool does
 # Seconds a timed-out or cancelled query gets to be cancelled on the server before its
 # connection is closed; the pool does not replace it meanwhile (no orphan beside a new one).
 CANCEL_TIMEOUT = 2.0
@@ -77,76 +63,12 @@ HELD_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0)
 _INTERRUPTED = (asyncio.CancelledError, TimeoutError)
 # The server refuses writes (see refuses_writes): closed, never reused.
 _WRITES_REFUSED = (asyncpg.ReadOnlySQLTransactionError, asyncpg.FeatureNotSupportedError)
-# What an acquire may fail with: the readiness word says which.
-_ACQUIRE_FAILED = (
-    TimeoutError,
-    OSError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    asyncpg.TargetServerAttributeNotMatched,
-    ConnectionSetupFailed,
-    PasswordFileError,
-)
+# What an acquire may fail with (the readiness word says which): what opening one may.
+_ACQUIRE_FAILED = OPEN_FAILED
 
 # What a handler holds: asyncpg's proxy of a pooled connection (subscriptable in stubs only).
 Proxy: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
 T = TypeVar("T")
-# A feature's per-connection set-up (create_app's on_connect).
-OnConnect: TypeAlias = Callable[[asyncpg.Connection], Awaitable[None]]
-
-
-class PoolArguments(TypedDict):
-    dsn: str | None
-    password: Callable[[], str] | None
-    min_size: int
-    max_size: int
-    max_inactive_connection_lifetime: float
-    timeout: float
-    command_timeout: float
-    statement_cache_size: int
-    target_session_attrs: SessionAttribute
-
-
-def pool_arguments(settings: Settings) -> PoolArguments:
-    """The settings as `asyncpg.create_pool` arguments (also scripts/bench's bare pool)."""
-    return {
-        "dsn": settings.database_url.for_asyncpg().value,  # libpq's TCP parameters: init
-        # DATABASE_PASSWORD_FILE: asyncpg calls it for every new connection.
-        "password": (
-            None
-            if settings.password_file is None
-            else functools.partial(read_password, settings.password_file)
-        ),
-        "min_size": settings.pool_min_size,
-        "max_size": settings.pool_max_size,
-        "max_inactive_connection_lifetime": settings.pool_max_inactive_lifetime,
-        "timeout": settings.connect_timeout,
-        "command_timeout": settings.command_timeout,
-        "statement_cache_size": settings.statement_cache_size,
-        "target_session_attrs": SessionAttribute(settings.session_attrs),
-    }
-
-
-def server_settings(settings: Settings) -> dict[str, str]:
-    """The start-up parameters every connection sends: its name, UTC, and the
-    idle-in-transaction backstop unless it is off or the URL names its own."""
-    # UTC: a timestamptz reads back the same whatever the server's or the process's zone
-    # (PgBouncer forwards TimeZone and application_name).
-    sent = {"application_name": APPLICATION_NAME, "TimeZone": "UTC"}
-    timeout = settings.idle_in_transaction_timeout
-    if timeout > 0 and settings.database_url.param(IDLE_IN_TRANSACTION) is None:
-        sent[IDLE_IN_TRANSACTION] = str(max(1, round(timeout * 1000)))  # milliseconds
-    return sent
-
-
-def _refused_at_startup(exc: BaseException, parameter: str) -> bool:
-    """PgBouncer's answer to a start-up parameter it does not forward (SQLSTATE 08P01)."""
-    text = str(exc)
-    return (
-        isinstance(exc, asyncpg.ProtocolViolationError)
-        and "unsupported startup parameter" in text
-        and parameter in text
-    )
 
 
 class HoldWatch(Protocol):
@@ -260,14 +182,9 @@ class Database:
         on_connect: OnConnect | None = None,
     ) -> None:
         self._settings = settings
-        self._on_connect = on_connect
-        self._hosts = settings.database_url.for_asyncpg().per_host()
-        self._tcp_options = tcp_options(settings.database_url.socket_options)
-        self._server_settings = server_settings(settings)
-        self._password_failure = ""  # DATABASE_PASSWORD_FILE's last error, logged once
+        self._opener = Opener(settings, name, on_connect)
         self._name = name  # the logs' prefix: db.connected, db_replica.lost, …
         self._requires_writes = requires_writes
-        self._max_lifetime = settings.pool_max_lifetime
         self._max_size = settings.pool_max_size
         self._hold_warning = settings.hold_warning_ms / 1000  # seconds; 0: off
         self._pool: asyncpg.Pool | None = None
@@ -286,9 +203,6 @@ class Database:
         )
         self._closing = False
         # Plain counts, read at scrape time through stats(): no cost per query.
-        self._opened = 0
-        self._lost = 0
-        self._closed = 0
         self._waiting = 0
         self._lent = 0  # connections out (and being released)
         self._acquire_seconds = Histogram(ACQUIRE_BUCKETS)
@@ -302,7 +216,6 @@ class Database:
         self._retiring: set[asyncio.Task[bool]] = set()  # pools left for a server refusing writes
         self._confirming: asyncio.Task[DbState] | None = None  # a check after a lost connection
         self._transactions = TransactionCounts()
-        self._setup_failure = ""  # the last on_connect failure logged (once per kind)
 
     async def __aenter__(self) -> Database:
         self.start()
@@ -329,9 +242,9 @@ class Database:
             size=pool.get_size() if pool is not None else 0,
             idle=pool.get_idle_size() if pool is not None else 0,
             max_size=self._max_size,
-            opened=self._opened,
-            closed=self._closed,
-            lost=self._lost,
+            opened=self._opener.opened,
+            closed=self._opener.closed,
+            lost=self._opener.lost,
             waiting=self._waiting,
             acquire_seconds=self._acquire_seconds.copy(),
             acquire_timeouts=self._acquire_timeouts,
@@ -713,9 +626,10 @@ class Database:
     async def _connect_once(self) -> asyncpg.Pool:
         """A new pool that passed the start-up hooks; nothing is left open otherwise."""
         # Each host of a list gets its own connect timeout (twice, for prefer-standby).
-        attempts = 2 * len(self._hosts) if len(self._hosts) > 1 else 1
+        hosts = len(self._opener.hosts)
+        attempts = 2 * hosts if hosts > 1 else 1
         async with asyncio.timeout(self._settings.connect_timeout * (attempts + 1)):
-            pool = await self._create_pool()
+            pool = await self._opener.create_pool()
             if self._requires_writes:
                 # target_session_attrs=any (or prefer-standby) may land on a standby: not
                 # published, so readiness never flaps between connected and read_only.
@@ -739,132 +653,3 @@ class Database:
                 log.error("%s.startup_failed %s", self._name, failure)
             raise
         return pool
-
-    async def _create_pool(self) -> asyncpg.Pool:
-        return await asyncpg.create_pool(
-            **pool_arguments(self._settings),
-            connection_class=Connection,
-            init=self._connection_opened,
-            connect=self._connect,
-        )
-
-    async def _connect(self, dsn: str | None = None, **kwargs: Any) -> asyncpg.Connection:
-        """One new connection with our start-up parameters (the pool's connect hook)."""
-        kwargs["server_settings"] = dict(self._server_settings)
-        if self._settings.password_file is not None:
-            kwargs["password"] = self._read_password
-        # A host list: host by host, a connect timeout each; one host: asyncpg's own.
-        connect = self._connect_each_host if len(self._hosts) > 1 else asyncpg.connect
-        try:
-            return await connect(dsn, **kwargs)
-        except asyncpg.ProtocolViolationError as exc:
-            if not _refused_at_startup(exc, IDLE_IN_TRANSACTION):
-                raise
-        self._leave_out(IDLE_IN_TRANSACTION)
-        kwargs["server_settings"] = dict(self._server_settings)
-        return await connect(dsn, **kwargs)
-
-    def _read_password(self) -> str:
-        """DATABASE_PASSWORD_FILE, read as asyncpg opens a connection; a file that gives
-        none is said once (its path, never a password), and readiness says `unauthorized`."""
-        assert self._settings.password_file is not None
-        try:
-            password = read_password(self._settings.password_file)
-        except PasswordFileError as exc:
-            if str(exc) != self._password_failure:
-                self._password_failure = str(exc)
-                log.warning("%s.password_file %s", self._name, exc)
-            raise
-        self._password_failure = ""
-        return password
-
-    def _leave_out(self, parameter: str) -> None:
-        """A start-up parameter the server (PgBouncer) refused: never sent again by this
-        Database; said once."""
-        if parameter not in self._server_settings:
-            return  # another connection attempt was refused at the same time
-        self._server_settings = {k: v for k, v in self._server_settings.items() if k != parameter}
-        log.warning(
-            "%s.startup_parameter_refused name=%s (PgBouncer?): not sent; set it on the "
-            "server instead (ALTER ROLE … SET)",
-            self._name,
-            parameter,
-        )
-
-    async def _connect_each_host(self, dsn: str | None = None, **kwargs: Any) -> asyncpg.Connection:
-        """A host list, host by host, each with its own DB_CONNECT_TIMEOUT (libpq's way).
-
-        asyncpg spends one timeout on the whole list, so a host that drops packets used
-        all of it and the next host was never tried. prefer-standby: every host as a
-        standby first, then any.
-        """
-        attrs = kwargs.pop("target_session_attrs", None)
-        passes = [attrs]
-        if attrs == SessionAttribute.prefer_standby:
-            passes = [SessionAttribute.standby, SessionAttribute.any]
-        failure: BaseException | None = None
-        for wanted in passes:
-            for url in self._hosts:
-                try:
-                    return await asyncpg.connect(url, target_session_attrs=wanted, **kwargs)
-                except _ACQUIRE_FAILED as exc:
-                    failure = exc
-        assert failure is not None  # at least one host was tried
-        raise failure
-
-    async def _connection_opened(self, connection: asyncpg.Connection) -> None:
-        con = cast(Connection, connection)  # connection_class=Connection
-        self._opened += 1
-        con.full_reset = self._settings.reset_on_release == "full"
-        # Keepalives and the user timeout (asyncpg sets only TCP_NODELAY), and the poll
-        # that tells at acquire whether the server wrote to or closed it meanwhile.
-        con.prepare_socket(self._tcp_options)
-        await set_json_codecs(con)
-        if self._on_connect is not None:
-            await self._run_on_connect(con)
-        if self._settings.slow_query_ms > 0:
-            con.add_query_logger(self._log_if_slow)
-        if self._max_lifetime > 0:
-            # A little spread, so connections opened together do not all retire together.
-            lifetime = self._max_lifetime * random.uniform(1 - LIFETIME_SPREAD, 1)
-            con.retire_at = time.monotonic() + lifetime
-        # The listener is called with the pool's proxy when the connection is checked out,
-        # and that proxy may already be detached: keep the connection itself.
-        con.add_termination_listener(lambda _: self._connection_ended(con))
-
-    async def _run_on_connect(self, con: Connection) -> None:
-        """The feature's set-up, after ours and outside any transaction; a failure closes the
-        connection (asyncpg does) and is logged once per kind, never per attempt."""
-        assert self._on_connect is not None
-        try:
-            await self._on_connect(con)
-            if con.is_in_transaction():
-                raise RuntimeError("on_connect left a transaction open")
-        except Exception as exc:
-            failure = f"{type(exc).__name__}: {exc}"
-            if failure != self._setup_failure:
-                self._setup_failure = failure
-                log.error("%s.on_connect_failed %s", self._name, failure)
-            if isinstance(exc, _ACQUIRE_FAILED):
-                raise  # the readiness word says what the server did
-            raise ConnectionSetupFailed() from exc
-
-    def _log_if_slow(self, record: LoggedQuery) -> None:
-        """DB_SLOW_QUERY_MS: the statement and its duration, never its parameters."""
-        elapsed_ms = record.elapsed * 1000
-        if elapsed_ms >= self._settings.slow_query_ms:
-            outcome = (
-                "" if record.exception is None else f" error={type(record.exception).__name__}"
-            )
-            log.warning(
-                "db.slow_query duration_ms=%.1f%s statement=%s",
-                elapsed_ms,
-                outcome,
-                " ".join(record.query.split()),
-            )
-
-    def _connection_ended(self, con: Connection) -> None:
-        if con.closed_by_us:
-            self._closed += 1
-        else:
-            self._lost += 1  # the server or the network closed it

@@ -18,7 +18,8 @@ from types import TracebackType
 
 from ..settings import Settings
 from .connection import DatabaseUnavailable
-from .pool import Database, Holder, HoldWatch, OnConnect, PooledConnection, PoolStats, Proxy
+from .opening import OnConnect
+from .pool import Database, Holder, HoldWatch, PooledConnection, PoolStats, Proxy
 from .states import LAGGING, DbState
 
 log = logging.getLogger("service.db")

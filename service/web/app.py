@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from ..db import Database, Replicas
-from ..db.pool import OnConnect
+from ..db.opening import OnConnect
 from ..migrations.startup import startup_hook
 from ..settings import Settings
 from . import errors, health
