@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -20,6 +21,9 @@ from .status import status
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+# apply and rollback change a database: they need one named, never libpq's localhost:5432.
+CHANGES = ("apply", "rollback")
+LIBPQ_TARGET = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE")
 
 
 def add_command(commands: Any) -> None:
@@ -60,6 +64,15 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     if args.database:
         settings = replace(settings, database_url=DatabaseURL.parse(args.database, "--database"))
     url = settings.database_url
+    if args.action in CHANGES:
+        if url.value is None and not any(os.environ.get(var) for var in LIBPQ_TARGET):
+            print(
+                f"error: DATABASE_URL is not set: migrate {args.action} changes a database and "
+                "never assumes localhost:5432 (set DATABASE_URL, --database, or run scripts/dev)",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        print(f"target {url.redacted}", flush=True)  # before anything changes
     try:
         return _ACTIONS[args.action](settings, args)
     except MigrationNameError as exc:
