@@ -16,6 +16,13 @@ if TYPE_CHECKING:
 SHIPPED = Path(__file__).resolve().parents[2] / "sql"
 
 
+def shipped_ids() -> list[str]:
+    """The ids in sql/: the baseline, and whatever a feature added (the tests pass either way)."""
+    return sorted(
+        p.name.removesuffix(".sql") for p in SHIPPED.glob("*.sql") if ".rollback" not in p.name
+    )
+
+
 def with_baseline(directory: Path) -> Path:
     """`directory`, created, holding the shipped baseline pair (0001_*)."""
     directory.mkdir()
