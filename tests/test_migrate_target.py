@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from service.cli import main
+from service.settings import DEV_ENV_FILE
 
 REFUSED = (
     "error: DATABASE_URL is not set: migrate {action} changes a database and never assumes "
@@ -109,3 +110,16 @@ def test_libpq_variables_are_a_target_and_named(
     out, err = capsys.readouterr()
     assert out == "target postgresql://app@127.0.0.1:9/orders (libpq defaults)\n"
     assert code == 1 and err.startswith("error: ")
+
+
+def test_the_dev_file_is_a_target(
+    capsys: pytest.CaptureFixture[str],
+    nothing_configured: list[Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dev_file = Path.cwd() / DEV_ENV_FILE
+    dev_file.parent.mkdir()
+    dev_file.write_text("DATABASE_URL=postgresql://postgres@127.0.0.1:9/postgres\n")
+    assert main(["migrate", "apply"]) == 1  # it connected (and nothing listens)
+    assert capsys.readouterr().out == "target postgresql://postgres@127.0.0.1:9/postgres\n"
+    assert len(nothing_configured) == 1
