@@ -61,3 +61,26 @@ async def test_wait_until_async_awaits_an_async_condition() -> None:
 async def test_wait_until_async_gives_up_with_the_last_value() -> None:
     with pytest.raises(WaitTimeout, match=r"^waited 0 s for a full pool; last seen: 0$"):
         await wait_until_async(lambda: 0, "a full pool", timeout=0)
+
+
+GATED = """
+def test_sees_the_gate(request):
+    print("fail-under:", request.config.option.cov_fail_under)
+"""
+
+
+@pytest.mark.parametrize(
+    ("selection", "gate"),
+    [([], "90"), (["-k", "gate"], "0"), (["-m", "not fault"], "0"), (["test_inner.py"], "0")],
+)
+def test_the_coverage_gate_is_for_the_whole_suite(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, selection: list[str], gate: str
+) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # where tests.support is
+    pytester.makepyfile(test_inner=GATED)
+    loop_scope = "asyncio_default_fixture_loop_scope = function"
+    pytester.makeini(f"[pytest]\ntestpaths = .\nmarkers = fault: x\n{loop_scope}\n")
+    result = pytester.runpytest_subprocess(
+        "-p", "tests.support.coverage_gate", "--cov-fail-under=90", "-s", *selection
+    )
+    result.stdout.fnmatch_lines([f"test_inner.py fail-under: {gate}"])
