@@ -16,7 +16,7 @@ import pytest
 
 from service.settings import DEV_ENV_FILE
 from service.testing.cluster import free_port
-from service.testing.devdb import HEADER, stable_port
+from service.testing.devdb import HEADER, announce, stable_port, withdraw
 from service.testing.polling import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,6 +42,20 @@ def test_the_port_is_kept_between_runs_and_moves_only_when_taken(
     assert moved != first
     assert capsys.readouterr().err == f"port {first} is taken: the dev database moves to another\n"
     assert stable_port(data) == moved
+
+
+def test_the_announcement_is_withdrawn_only_by_its_own_run(tmp_path: Path) -> None:
+    env_file = tmp_path / DEV_ENV_FILE
+    announce(env_file, "postgresql://postgres@127.0.0.1:5001/postgres")
+    announce(env_file, "postgresql://postgres@127.0.0.1:5002/postgres")  # a later run's
+    withdraw(env_file, "postgresql://postgres@127.0.0.1:5001/postgres")
+    assert env_file.read_text().endswith(
+        "DATABASE_URL=postgresql://postgres@127.0.0.1:5002/postgres\n"
+    )
+    withdraw(env_file, "postgresql://postgres@127.0.0.1:5002/postgres")
+    assert not env_file.exists()
+    withdraw(env_file, "postgresql://postgres@127.0.0.1:5002/postgres")  # gone already: fine
+    assert [p.name for p in env_file.parent.iterdir()] == []  # no partial file left
 
 
 def test_the_dev_database_is_announced_while_it_runs_and_migrate_finds_it(tmp_path: Path) -> None:
