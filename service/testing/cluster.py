@@ -240,15 +240,20 @@ class Cluster:
 
     def pause(self) -> None:
         """Hang the server: every process stopped (SIGSTOP); sockets stay open."""
-        for pid in self.pids():
-            os.kill(pid, signal.SIGSTOP)
+        self._signal_all(signal.SIGSTOP)
         self._paused = True
 
     def resume(self) -> None:
         if self._paused:
-            for pid in self.pids():
-                os.kill(pid, signal.SIGCONT)
+            self._signal_all(signal.SIGCONT)
             self._paused = False
+
+    def _signal_all(self, signum: int) -> None:
+        for pid in self.pids():
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:  # a backend that ended after it was listed
+                pass
 
     # -- addresses ---------------------------------------------------------------------
 
