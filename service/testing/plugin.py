@@ -39,9 +39,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.addini(
         "service_clones_ahead",
-        "clones of the template kept ready in the background; 0: made in each test's set-up; "
-        "auto (default): 2 on a server the session owns, 0 on TEST_DATABASE_URL's",
-        default="auto",
+        "clones of the template kept ready in the background (0: made in each test's set-up)",
+        default="2",
     )
     parser.addini(
         "service_scratch_dir",
