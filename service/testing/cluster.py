@@ -211,7 +211,11 @@ class Cluster:
         wait_until(lambda: self.query(caught_up), what, timeout=timeout)
 
     def destroy(self) -> None:
+        """Stop it and remove its data. Whatever outlived the stop (a server still hung by a
+        test that failed mid-pause) is killed: on tmpfs it would hold memory until reboot."""
+        self._paused = True  # resume everything stop() can reach, whatever a test left
         self.stop("immediate")
+        self._signal_all(signal.SIGKILL)
         shutil.rmtree(self.data, ignore_errors=True)
         self.log.unlink(missing_ok=True)
 
