@@ -64,23 +64,40 @@ async def test_wait_until_async_gives_up_with_the_last_value() -> None:
 
 
 GATED = """
-def test_sees_the_gate(request):
-    print("fail-under:", request.config.option.cov_fail_under)
+import half_covered
+
+
+def test_gate():
+    assert half_covered.used() == 1
+"""
+HALF_COVERED = """
+def used():
+    return 1
+
+
+def unused():
+    return 2
 """
 
 
 @pytest.mark.parametrize(
-    ("selection", "gate"),
-    [([], "90"), (["-k", "gate"], "0"), (["-m", "not fault"], "0"), (["test_inner.py"], "0")],
+    ("selection", "gated"),
+    [([], True), (["-k", "gate"], False), (["-m", "not fault"], False), (["test_inner.py"], False)],
 )
 def test_the_coverage_gate_is_for_the_whole_suite(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, selection: list[str], gate: str
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, selection: list[str], gated: bool
 ) -> None:
-    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # where tests.support is
-    pytester.makepyfile(test_inner=GATED)
+    monkeypatch.setenv("PYTHONPATH", f"{ROOT}:{pytester.path}")  # tests.support; the module
+    pytester.makepyfile(test_inner=GATED, half_covered=HALF_COVERED)
     loop_scope = "asyncio_default_fixture_loop_scope = function"
     pytester.makeini(f"[pytest]\ntestpaths = .\nmarkers = fault: x\n{loop_scope}\n")
     result = pytester.runpytest_subprocess(
-        "-p", "tests.support.coverage_gate", "--cov-fail-under=90", "-s", *selection
-    )
-    result.stdout.fnmatch_lines([f"test_inner.py fail-under: {gate}"])
+        "-p", "tests.support.coverage_gate", "--cov=half_covered", "--cov-fail-under=90",
+        "-p", "no:cacheprovider", *selection,
+    )  # fmt: skip
+    result.assert_outcomes(passed=1)  # 75 % covered (3 of 4 lines)
+    if gated:
+        assert result.ret == 1
+        result.stdout.fnmatch_lines(["*Required test coverage of 90% not reached*"])
+    else:
+        assert result.ret == 0, result.stdout.str()

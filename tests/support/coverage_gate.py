@@ -13,7 +13,9 @@ import pytest
 
 def pytest_configure(config: pytest.Config) -> None:
     if getattr(config.option, "cov_fail_under", None) and selects_a_subset(config):
-        config.option.cov_fail_under = 0
+        # pytest-cov reads the early namespace (known_args_namespace), not config.option.
+        for options in (config.option, config.known_args_namespace):
+            options.cov_fail_under = 0
 
 
 def selects_a_subset(config: pytest.Config) -> bool:
