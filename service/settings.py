@@ -138,6 +138,11 @@ def _path(var: str, raw: str) -> Path:
     return Path(raw)
 
 
+# scripts/dev writes the dev database's DATABASE_URL here (beside `.env`) while it runs, so
+# that `migrate` and `serve` in another terminal of the checkout reach it; read after the
+# environment and `.env`, which win.
+DEV_ENV_FILE = Path(".data") / "dev.env"
+
 # A replica URL may list several standbys (and the primary last); prefer-standby takes the
 # first standby that answers, and the primary when none does: reads keep working either way.
 REPLICA_SESSION_ATTRS = "prefer-standby"
@@ -232,10 +237,14 @@ class Settings:
     def from_env(
         cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env"
     ) -> Settings:
-        """Read the environment, then `.env` (the environment wins); refuse bad values."""
+        """Read the environment, then `.env`, then scripts/dev's `.data/dev.env` beside it
+        (the first to give a variable wins); refuse bad values. `env_file=None`: the
+        environment alone."""
         values: dict[str, str] = {}
-        if env_file is not None and Path(env_file).is_file():
-            values.update(_read_env_file(Path(env_file)))
+        if env_file is not None:
+            for path in (Path(env_file).parent / DEV_ENV_FILE, Path(env_file)):  # last wins
+                if path.is_file():
+                    values.update({k: v for k, v in _read_env_file(path).items() if v.strip()})
         # An empty variable is the same as an unset one: `.env`, then the default, applies.
         environ = os.environ if environ is None else environ
         values.update({k: v for k, v in environ.items() if v.strip()})

@@ -199,8 +199,9 @@ def _readme_block(language: str, after: str = "## Using the database in a handle
 
 
 async def test_the_readmes_handler_example_runs_as_pasted(
-    database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    empty_database_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    database_url = empty_database_url  # sql/ may hold a feature's `orders` already
     with psycopg.connect(database_url, autocommit=True) as con:
         con.execute(_readme_block("sql"))
     (tmp_path / "myapp.py").write_text(_readme_block("python"))

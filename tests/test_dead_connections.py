@@ -31,8 +31,9 @@ from tests.support.process import ServiceProcess, read_response
 from tests.support.writes import CREATE_TABLE
 
 DISCONNECTED = {"error": "database unavailable", "db": "disconnected"}
-SLEEPING = (
+SLEEPING = (  # this test's database only: on a shared server another test's may sleep too
     "SELECT pid FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%' AND state = 'active'"
+    " AND datname = current_database()"
 )
 PIPELINED = (b"/boom", b"/api/v1/health")  # sent at once, on one connection
 OURS = "SELECT pid FROM pg_stat_activity WHERE application_name = 'service' AND datname = %s"
@@ -165,7 +166,11 @@ async def test_release_never_raises_when_asyncpg_took_the_connection_back(
                 await wait_until_async(lambda: behind(con) is None, "asyncpg to take it back")
                 await con.fetchval("SELECT 1")
         assert raised.value.reason == DbState.DISCONNECTED
-        assert isinstance(raised.value.__cause__, asyncpg.InterfaceError)
+        # What asyncpg raised: a proxy it took back refuses the call (InterfaceError); on a
+        # loaded machine the call can reach the connection between the server's message
+        # and its close (InternalClientError). Either is a connection gone, answered 503.
+        cause = raised.value.__cause__
+        assert isinstance(cause, asyncpg.InterfaceError | asyncpg.InternalClientError)
         async with database.connection() as con:
             assert await con.fetchval("SELECT 1") == 1
 

@@ -122,7 +122,7 @@ async def test_the_connection_goes_back_to_the_pool_after_each(
         await client.post(f"/run/{case}")
     with psycopg.connect(settings.database_url.value or "") as con:
         row = con.execute(
-            "SELECT count(*) FROM pg_stat_activity"
-            " WHERE application_name = 'service' AND state = 'idle in transaction'"
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'service'"
+            " AND state = 'idle in transaction' AND datname = current_database()"
         ).fetchone()
     assert row == (0,)

@@ -162,11 +162,11 @@ async def test_probe_flood_on_a_hung_database_never_exhausts_the_pool(
 
 
 async def test_wrong_password_is_unauthorized_and_never_printed(
-    workdir: Path, caplog: pytest.LogCaptureFixture
+    scratch_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     # Not under pytest's tmp_path: see tests/test_password_file.py's `secured`.
-    cluster = Cluster(workdir / f"pw-{uuid.uuid4().hex[:8]}").init(password=SECRET)
+    cluster = Cluster(scratch_dir / f"pw-{uuid.uuid4().hex[:8]}").init(password=SECRET)
     await asyncio.to_thread(cluster.start)
     try:
         wrong = f"{SECRET}-wrong"

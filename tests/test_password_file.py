@@ -109,11 +109,11 @@ def test_the_migrate_command_refuses_a_database_option_with_a_password_too(
 
 
 @pytest.fixture
-def secured(workdir: Path) -> Iterator[Cluster]:
+def secured(scratch_dir: Path) -> Iterator[Cluster]:
     # Under the suite's own directory, not pytest's tmp_path: a pytest starting meanwhile
     # (another xdist worker) makes pytest-of-<user> 0700 again, and the server's user loses
     # its way into the data directory.
-    cluster = Cluster(workdir / f"scram-{uuid.uuid4().hex[:8]}").init(password=OLD).start()
+    cluster = Cluster(scratch_dir / f"scram-{uuid.uuid4().hex[:8]}").init(password=OLD).start()
     yield cluster
     cluster.destroy()
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from service.settings import DatabaseURL, Settings, SettingsError
+from service.settings import DEV_ENV_FILE, DatabaseURL, Settings, SettingsError
 
 SECRET = "s3cr3t-Pa55"
 
@@ -87,6 +87,28 @@ def test_env_file_may_start_with_a_byte_order_mark(tmp_path: Path) -> None:
     env_file = tmp_path / ".env"
     env_file.write_bytes(b"\xef\xbb\xbfPORT=9001\n")
     assert Settings.from_env(environ={}, env_file=env_file).port == 9001
+
+
+def test_the_dev_file_comes_after_the_environment_and_env(tmp_path: Path) -> None:
+    """scripts/dev's `.data/dev.env`, beside `.env`: what neither of them sets."""
+    dev_file = tmp_path / DEV_ENV_FILE
+    dev_file.parent.mkdir()
+    dev_file.write_text("DATABASE_URL=postgresql://postgres@127.0.0.1:5999/postgres\nPORT=9001\n")
+    env_file = tmp_path / ".env"
+    assert Settings.from_env({}, env_file=env_file).database_url.value == (
+        "postgresql://postgres@127.0.0.1:5999/postgres"
+    )
+    env_file.write_text("PORT=9002\nDATABASE_URL=\n")  # empty: the dev file's still applies
+    settings = Settings.from_env({}, env_file=env_file)
+    assert (settings.port, settings.database_url.value) == (
+        9002,
+        "postgresql://postgres@127.0.0.1:5999/postgres",
+    )
+    env_file.write_text("DATABASE_URL=postgresql://app@db/app\n")
+    assert Settings.from_env({}, env_file=env_file).database_url.value == "postgresql://app@db/app"
+    wins = Settings.from_env({"DATABASE_URL": "postgresql://env@db/env"}, env_file=env_file)
+    assert wins.database_url.value == "postgresql://env@db/env"
+    assert Settings.from_env({}, env_file=None).database_url.value is None  # environment alone
 
 
 def test_an_empty_variable_is_the_same_as_an_unset_one(tmp_path: Path) -> None:

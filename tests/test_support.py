@@ -61,3 +61,43 @@ async def test_wait_until_async_awaits_an_async_condition() -> None:
 async def test_wait_until_async_gives_up_with_the_last_value() -> None:
     with pytest.raises(WaitTimeout, match=r"^waited 0 s for a full pool; last seen: 0$"):
         await wait_until_async(lambda: 0, "a full pool", timeout=0)
+
+
+GATED = """
+import half_covered
+
+
+def test_gate():
+    assert half_covered.used() == 1
+"""
+HALF_COVERED = """
+def used():
+    return 1
+
+
+def unused():
+    return 2
+"""
+
+
+@pytest.mark.parametrize(
+    ("selection", "gated"),
+    [([], True), (["-k", "gate"], False), (["-m", "not fault"], False), (["test_inner.py"], False)],
+)
+def test_the_coverage_gate_is_for_the_whole_suite(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, selection: list[str], gated: bool
+) -> None:
+    monkeypatch.setenv("PYTHONPATH", f"{ROOT}:{pytester.path}")  # tests.support; the module
+    pytester.makepyfile(test_inner=GATED, half_covered=HALF_COVERED)
+    loop_scope = "asyncio_default_fixture_loop_scope = function"
+    pytester.makeini(f"[pytest]\ntestpaths = .\nmarkers = fault: x\n{loop_scope}\n")
+    result = pytester.runpytest_subprocess(
+        "-p", "tests.support.coverage_gate", "--cov=half_covered", "--cov-fail-under=90",
+        "-p", "no:cacheprovider", *selection,
+    )  # fmt: skip
+    result.assert_outcomes(passed=1)  # 75 % covered (3 of 4 lines)
+    if gated:
+        assert result.ret == 1
+        result.stdout.fnmatch_lines(["*Required test coverage of 90% not reached*"])
+    else:
+        assert result.ret == 0, result.stdout.str()

@@ -8,6 +8,7 @@ Exit status: 0 done; 1 the run failed (or, for `check`, the database is not up t
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -27,6 +28,9 @@ from .status import status
 
 EXIT_FAILED = 1  # a run failed; `check`: pending or changed migrations
 EXIT_ERROR = 2  # nothing attempted: a mistake on the command line, the database unreachable
+# apply and rollback change a database: they need one named, never libpq's localhost:5432.
+CHANGES = ("apply", "rollback")
+LIBPQ_TARGET = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE")
 
 
 def add_command(commands: Any) -> None:
@@ -89,6 +93,15 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             raise SettingsError(f"--database and {PASSWORD_FILE} both give a password: keep one")
         settings = replace(settings, database_url=given)
     url = settings.database_url
+    if args.action in CHANGES:
+        if url.value is None and not any(os.environ.get(var) for var in LIBPQ_TARGET):
+            print(
+                f"error: DATABASE_URL is not set: migrate {args.action} changes a database and "
+                "never assumes localhost:5432 (set DATABASE_URL, --database, or run scripts/dev)",
+                file=sys.stderr,
+            )
+            return EXIT_ERROR
+        print(f"target {url.redacted}", flush=True)  # before anything changes
     failed = EXIT_ERROR if args.action == "check" else EXIT_FAILED  # check's 1 means "behind"
     try:
         return _ACTIONS[args.action](settings, args)

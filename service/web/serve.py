@@ -8,7 +8,9 @@ leaves the process as it found it; docs/performance.md says what to set there.
 from __future__ import annotations
 
 import gc
+import inspect
 import os
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -22,17 +24,13 @@ YOUNG_GC_THRESHOLD = 10_000  # allocations between young collections; CPython's 
 def serve(settings: Settings, app: str) -> int:
     """Serve the factory `app` (MODULE:FACTORY) with every setting of the service."""
     import uvicorn
-    from uvicorn.importer import ImportFromStringError, import_from_string
 
     from ..logs import log_config
     from .http import BoundedHttpToolsProtocol
     from .tracing import check_installed
 
     check_installed(settings)
-    try:
-        import_from_string(app)  # a typo is one line here, not uvicorn's log and exit 1
-    except ImportFromStringError as exc:
-        raise SettingsError(f"--app {app}: {exc}") from None
+    load_factory(app)  # a typo is one line here, not uvicorn's log and exit 1
     os.environ[APP_VARIABLE] = app  # worker processes inherit it
     uvicorn.run(
         f"{__name__}:served",
@@ -55,12 +53,40 @@ def serve(settings: Settings, app: str) -> int:
     return 0
 
 
+def load_factory(spec: str, option: str = "--app") -> Callable[..., Any]:
+    """The app factory MODULE:FACTORY names; SettingsError naming `option` if there is none."""
+    from uvicorn.importer import ImportFromStringError, import_from_string
+
+    try:
+        factory = import_from_string(spec)
+    except ImportFromStringError as exc:
+        raise SettingsError(f"{option} {spec}: {exc}") from None
+    if not callable(factory):
+        raise SettingsError(f"{option} {spec}: {type(factory).__name__} is not an app factory")
+    return factory  # type: ignore[no-any-return]
+
+
+def takes_settings(factory: Callable[..., Any]) -> bool:
+    """Whether `factory` takes an argument (the Settings) or none (it reads its own)."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: call it bare
+        return False
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return any(p.kind in positional for p in parameters)
+
+
+def build(factory: Callable[..., Any], settings: Settings | None = None) -> Any:
+    """`factory(settings)` when it takes an argument (read from the environment if not
+    given), else `factory()`."""
+    if takes_settings(factory):
+        return factory(settings or Settings.from_env())
+    return factory()
+
+
 def served() -> ASGIApp:
     """uvicorn's factory in each worker: the --app factory's app, the collector tuned."""
-    from uvicorn.importer import import_from_string
-
-    factory: Any = import_from_string(os.environ[APP_VARIABLE])
-    return TunedCollector(factory())
+    return TunedCollector(build(load_factory(os.environ[APP_VARIABLE])))
 
 
 class TunedCollector:

