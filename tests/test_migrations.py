@@ -1026,7 +1026,8 @@ BACKFILL = "0004_orders_total_cents_backfill"
 GATE_KEY = 4242  # an advisory lock the test holds to stop the backfill at one batch
 
 
-def test_the_documented_backfill_survives_a_killed_runner(database_url: str, sql_dir: Path) -> None:
+def test_the_documented_backfill_survives_a_killed_runner(empty_url: str, sql_dir: Path) -> None:
+    database_url = empty_url  # its own folder on an empty database: sql/ may hold an orders table
     write(
         sql_dir,
         "0002_orders",
