@@ -814,9 +814,8 @@ def test_concurrent_runners_apply_each_migration_once(empty_url: str, sql_dir: P
     assert query(empty_url, "SELECT count(*) FROM things") == [(1,)]
 
 
-def test_killed_runner_leaves_no_lock_and_the_next_applies_once(
-    database_url: str, sql_dir: Path
-) -> None:
+def _runner_in_a_long_migration(url: str, sql_dir: Path) -> subprocess.Popen[str]:
+    """`migrate apply` in a subprocess, seen running 0004_long, a 10-minute statement."""
     write(
         sql_dir,
         "0004_long",
@@ -825,13 +824,20 @@ def test_killed_runner_leaves_no_lock_and_the_next_applies_once(
         "current_setting('service_test.sleep', true), ''), '0')::float); END $$;\n",
         "DROP TABLE long_one;",
     )
-    killed = migrate_process(database_url, sql_dir, "apply", PGOPTIONS="-c service_test.sleep=600")
+    runner = migrate_process(url, sql_dir, "apply", PGOPTIONS="-c service_test.sleep=600")
     wait_until_seen(
-        database_url,
+        url,
         ACTIVITY + "state = 'active' AND query LIKE '%pg_sleep%' "
-        "AND application_name LIKE 'service-migrate%'",
-        killed,
+        "AND application_name LIKE 'service-migrate %'",
+        runner,
     )
+    return runner
+
+
+def test_killed_runner_leaves_no_lock_and_the_next_applies_once(
+    database_url: str, sql_dir: Path
+) -> None:
+    killed = _runner_in_a_long_migration(database_url, sql_dir)
     killed.send_signal(signal.SIGKILL)
     killed.communicate()
     rerun = migrate_process(database_url, sql_dir, "apply")
@@ -986,21 +992,7 @@ def test_plain_yoyo_waits_for_a_runner_and_goes_on_when_it_is_killed(
     database_url: str, sql_dir: Path
 ) -> None:
     yoyo = Path(sys.executable).parent / "yoyo"
-    write(
-        sql_dir,
-        "0004_long",
-        "CREATE TABLE long_one (id int);\n"
-        "DO $$ BEGIN PERFORM pg_sleep(coalesce(nullif("
-        "current_setting('service_test.sleep', true), ''), '0')::float); END $$;\n",
-        "DROP TABLE long_one;",
-    )
-    killed = migrate_process(database_url, sql_dir, "apply", PGOPTIONS="-c service_test.sleep=600")
-    wait_until_seen(
-        database_url,
-        ACTIVITY + "state = 'active' AND query LIKE '%pg_sleep%' "
-        "AND application_name LIKE 'service-migrate %'",
-        killed,
-    )
+    killed = _runner_in_a_long_migration(database_url, sql_dir)
     plain = subprocess.Popen(
         [str(yoyo), "apply", "--batch", "--database",
          database_url.replace("postgresql://", "postgresql+psycopg://", 1), str(sql_dir)],
