@@ -1,11 +1,12 @@
-"""uvicorn's httptools protocol with a bound on each request head and a deadline for it.
+"""uvicorn's httptools protocol with a bound on each request head and a deadline for it,
+and its keep-alive timer cancelled however a connection ends.
 
 uvicorn bounds neither with httptools: a 64 MiB header was buffered whole (the process
 grew by as much), and a client that sent half a request line kept its socket for as long
 as it liked, since any byte cancels the keep-alive timer and nothing else is armed. h11
 has a size bound (h11_max_incomplete_event_size) but no deadline either, and is slower.
-Bodies are not bounded here: no route reads one (docs/operations.md, "What the proxy
-in front must bound").
+Bodies are not bounded here but where they are read: read_json stops at
+HTTP_MAX_BODY_BYTES (service/web/bodies.py).
 """
 
 from __future__ import annotations
@@ -58,6 +59,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._head_timer.cancel()
         super().connection_lost(exc)
+        # uvicorn cancels the keep-alive timer only for a clean close (exc is None): after
+        # a reset the armed timer held the protocol, its buffers and its last request for
+        # HTTP_KEEPALIVE_TIMEOUT. Clients resetting after one request grew the process by
+        # about 1 GB in 40 s at 75 s (scripts/http_limits.py; tests/test_http.py).
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
 
     # The callbacks below run for every request: they call the parent's method directly
     # (no super() object) and touch only plain attributes.
