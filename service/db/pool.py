@@ -44,6 +44,9 @@ log = logging.getLogger("service.db")
 # Readiness in one round trip: the server answers, and takes writes. A standby, a demoted
 # primary or `default_transaction_read_only` answers false (also through PgBouncer: it is
 # a plain query, run on whichever server connection PgBouncer lends).
+# The states a busy pool can be in (a check queued behind requests timed out): in these a
+# check of a pool with every connection lent waits for one back from an answered query.
+_BUSY_POOL_STATES = (DbState.CONNECTED, DbState.TIMEOUT)
 READY_QUERY = "SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off'"
 # Reconnecting: 0.25 s doubling to 5 s (service/backoff.py). A server that refuses writes
 # is usually mid-switchover behind one address (a proxy, a DNS name): retried quickly, so
@@ -215,6 +218,9 @@ class Database:
         self._releasing: set[asyncio.Task[None]] = set()  # cancelled queries being released
         self._retiring: set[asyncio.Task[bool]] = set()  # pools left for a server refusing writes
         self._confirming: asyncio.Task[DbState] | None = None  # a check after a lost connection
+        # A check of a busy pool waits on this for a connection back from an answered query.
+        self._answered: asyncio.Future[None] | None = None
+        self._refused_at_check = 0  # _writes_refused when the last query of a check was sent
         self._transactions = TransactionCounts()
 
     async def __aenter__(self) -> Database:
@@ -341,7 +347,8 @@ class Database:
         Concurrent callers share one in-flight check (single-flight), so a flood of probes
         costs one round trip at a time and can never drain the pool. A finished check is
         never reused. The deadline covers acquire, query and release: a hung server cannot
-        hold a probe past it.
+        hold a probe past it. A busy pool (every connection lent, callers queued) answers
+        without queueing: a connection back from an answered query (_answered_return).
         """
         if self._pool is None or self._closing:
             return DbState.CLOSED if self._closing else self._state
@@ -436,7 +443,7 @@ class Database:
                 self._cancelled["disconnect"] += 1
             return
         gone = exc is not None and connection_gone(exc, con)
-        writes_refused = False
+        writes_refused = answered = False
         try:
             if gone or (
                 isinstance(exc, asyncpg.InterfaceError) and not isinstance(exc, CALLER_ERRORS)
@@ -454,12 +461,16 @@ class Database:
                 # at release, so the caller never waits for the replacement.
                 await con.close(timeout=self._settings.close_timeout)
             await pool.release(con)  # nothing to do for a connection asyncpg took back
+            answered = not (gone or writes_refused)
         except Exception:
             # The reset or close failed (the server went away meanwhile): the connection is
             # dropped, and the handler's own outcome stands.
             discard(con)
         finally:
             self._lent -= 1
+        waiter = self._answered
+        if waiter is not None and answered and pool is self._pool and not waiter.done():
+            waiter.set_result(None)
         if gone:
             # The server or the network ended it under the handler: 503, never a 500.
             self._lost_in_use()
@@ -532,11 +543,21 @@ class Database:
         return value
 
     async def _check_once(self) -> DbState:
-        """READY_QUERY within DB_READY_TIMEOUT (acquire, query and release)."""
+        """READY_QUERY within DB_READY_TIMEOUT (acquire, query and release), or, when the
+        probe would queue for a connection (every one lent, or callers waiting already), a
+        connection coming back from a query the server answered."""
         # Read now: a readiness flight's timer may report a timeout before this ends.
         was_connected = self._state == DbState.CONNECTED
         result: DbState
         try:
+            if (
+                (self._waiting or self._lent >= self._max_size)
+                and self._state in _BUSY_POOL_STATES
+                and self._writes_refused == self._refused_at_check
+            ):
+                await self._answered_return()
+                return DbState.CONNECTED
+            self._refused_at_check = self._writes_refused
             writable = await self._fetch_or_raise(READY_QUERY)
         except DatabaseUnavailable as exc:
             result = exc.reason
@@ -553,6 +574,24 @@ class Database:
             # mark them all for replacement so none reaches a caller after a restart.
             await self._pool.expire_connections()
         return result
+
+    async def _answered_return(self) -> None:
+        """Wait, within DB_READY_TIMEOUT, for a lent connection to come back from a query the
+        server answered (no error of the connection, no write refused).
+
+        The check of a busy pool: queued behind the requests for a connection, the probe
+        would time out although the server answers every query (and a service taken out
+        of rotation because it is busy turns a traffic spike into an outage). A server that
+        hangs returns nothing, and the check times out as before. Writes: the answer stands
+        only while no write was refused since the last check's query; a refusal sends the
+        next check to the server.
+        """
+        self._answered = waiter = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(self._settings.ready_timeout):
+                await waiter
+        finally:
+            self._answered = None
 
     def _set_state(self, state: DbState) -> None:
         """Record the readiness word; a change (only) is logged, once."""
