@@ -4,10 +4,14 @@ they rely on (named, so an upgrade fails here)."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import socket
+import ssl
 from typing import Any
 
 import asyncpg
+import asyncpg.connect_utils
 import pytest
 import uvloop
 
@@ -155,3 +159,23 @@ def test_the_migrate_command_s_connection_too(
             assert read_back(sock) == expected
         finally:
             sock.close()
+
+
+async def test_a_connection_cut_while_asking_for_tls_leaves_no_unretrieved_future() -> None:
+    # asyncpg's TLS request protocol, as a connect cut during the negotiation leaves it:
+    # the connection lost with nobody awaiting the server's answer.
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda loop, context: reported.append(context))
+    try:
+        protocol = asyncpg.connect_utils.TLSUpgradeProto(
+            loop, "127.0.0.1", 5432, ssl.create_default_context(), False
+        )
+        protocol.connection_lost(None)
+        del protocol
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(previous)
+    assert reported == []

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 
@@ -67,58 +69,56 @@ async def _busy(database: Database, stop: asyncio.Event, sleep: float) -> None:
             pass
 
 
+@asynccontextmanager
+async def loaded(database_url: str, callers: int, sleep: float) -> AsyncIterator[Database]:
+    """A Database of 2 connections, `callers` tasks running `sleep` s queries on it."""
+    settings = test_settings(database_url, pool_min_size=2, pool_max_size=2)
+    async with Database(settings) as database:
+        assert await database.wait_connected(10)
+        stop = asyncio.Event()
+        load = [asyncio.create_task(_busy(database, stop, sleep)) for _ in range(callers)]
+        try:
+            await wait_until_async(lambda: database.stats().idle == 0, "both connections lent")
+            yield database
+        finally:
+            stop.set()
+            await asyncio.gather(*load)
+
+
 async def test_a_pool_busy_with_answered_queries_is_ready(database_url: str) -> None:
-    # 40 requests queue for 2 connections, 50 ms each: a probe waiting its turn would wait
+    # 40 callers queue for 2 connections, 50 ms each: a probe waiting its turn would wait
     # about 1 s, past the 0.5 s deadline. Connections coming back from answered queries
     # say what a probe's query would: the database answers. A pool taken out of rotation
     # because it is busy is how a traffic spike becomes an outage.
-    settings = test_settings(database_url, pool_min_size=2, pool_max_size=2)
-    async with Database(settings) as database:
-        assert await database.wait_connected(10)
-        stop = asyncio.Event()
-        load = [asyncio.create_task(_busy(database, stop, 0.05)) for _ in range(40)]
-        try:
-            await wait_until_async(lambda: database.stats().waiting >= 30, "a queue")
-            states = [await database.check() for _ in range(5)]
-            opened = database.stats().opened
-        finally:
-            stop.set()
-            await asyncio.gather(*load)
+    async with loaded(database_url, 40, 0.05) as database:
+        await wait_until_async(lambda: database.stats().waiting >= 30, "a queue")
+        states = [await database.check() for _ in range(5)]
         assert states == [DbState.CONNECTED] * 5
-        assert opened == 2  # and nothing was replaced
+        assert database.stats().opened == 2  # and nothing was replaced
 
 
 async def test_a_pool_whose_connections_never_come_back_is_not_ready(database_url: str) -> None:
-    settings = test_settings(database_url, pool_min_size=2, pool_max_size=2)
-    async with Database(settings) as database:
+    async with loaded(database_url, 2, 3) as database:
+        assert await database.check() == DbState.TIMEOUT
+    async with Database(test_settings(database_url)) as database:
         assert await database.wait_connected(10)
-        stop = asyncio.Event()
-        load = [asyncio.create_task(_busy(database, stop, 3)) for _ in range(2)]
-        try:
-            await wait_until_async(lambda: database.stats().idle == 0, "both lent")
-            assert await database.check() == DbState.TIMEOUT
-        finally:
-            stop.set()
-            await asyncio.gather(*load)
         assert await database.check() == DbState.CONNECTED
 
 
 async def test_a_busy_pool_that_timed_out_is_ready_again_while_still_busy(
     database_url: str,
 ) -> None:
-    settings = test_settings(database_url, pool_min_size=2, pool_max_size=2)
-    async with Database(settings) as database:
-        assert await database.wait_connected(10)
-        held, stop = asyncio.Event(), asyncio.Event()
+    async with loaded(database_url, 40, 0.05) as database:
+        held, holding = asyncio.Event(), []
 
         async def hold() -> None:
-            async with database.connection():
+            async with database.connection(timeout=30):
+                holding.append(True)
                 await held.wait()
 
         holders = [asyncio.create_task(hold()) for _ in range(2)]
-        await wait_until_async(lambda: database.stats().idle == 0, "both lent")
-        load = [asyncio.create_task(_busy(database, stop, 0.05)) for _ in range(40)]
         try:
+            await wait_until_async(lambda: len(holding) == 2, "both connections held")
             await wait_until_async(lambda: database.stats().waiting >= 30, "a queue")
             assert await database.check() == DbState.TIMEOUT  # nothing came back
             held.set()  # the holders go; the 40 keep both connections busy
@@ -126,30 +126,21 @@ async def test_a_busy_pool_that_timed_out_is_ready_again_while_still_busy(
             await wait_until_async(lambda: connected(database), "a check answered while busy")
         finally:
             held.set()
-            stop.set()
-            await asyncio.gather(*holders, *load)
+            await asyncio.gather(*holders)
 
 
 async def test_a_write_refused_on_a_busy_pool_sends_the_next_check_to_the_server(
     database_url: str,
 ) -> None:
-    settings = test_settings(database_url, pool_min_size=2, pool_max_size=2)
-    async with Database(settings) as database:
-        assert await database.wait_connected(10)
-        stop = asyncio.Event()
-        load = [asyncio.create_task(_busy(database, stop, 0.05)) for _ in range(40)]
-        try:
-            await wait_until_async(lambda: database.stats().waiting >= 30, "a queue")
-            assert await database.check() == DbState.CONNECTED
-            with pytest.raises(DatabaseUnavailable) as refused:
-                async with database.connection() as con, con.transaction(readonly=True):
-                    await con.execute("CREATE TABLE refused (n int)")
-            assert refused.value.reason == DbState.READ_ONLY
-            # The server is asked again: the probe queues behind the 40 (about 1 s).
-            assert await database.check() == DbState.TIMEOUT
-            # That check's query was sent after the refusal: connections coming back
-            # answer for the server again.
-            await wait_until_async(lambda: connected(database), "a check answered while busy")
-        finally:
-            stop.set()
-            await asyncio.gather(*load)
+    async with loaded(database_url, 40, 0.05) as database:
+        await wait_until_async(lambda: database.stats().waiting >= 30, "a queue")
+        assert await database.check() == DbState.CONNECTED
+        with pytest.raises(DatabaseUnavailable) as refused:
+            async with database.connection(timeout=30) as con, con.transaction(readonly=True):
+                await con.execute("CREATE TABLE refused (n int)")
+        assert refused.value.reason == DbState.READ_ONLY
+        # The server is asked again: the probe queues behind the 40 (about 1 s).
+        assert await database.check() == DbState.TIMEOUT
+        # That check's query was sent after the refusal: connections coming back answer
+        # for the server again.
+        await wait_until_async(lambda: connected(database), "a check answered while busy")

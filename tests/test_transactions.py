@@ -213,10 +213,9 @@ async def test_a_connection_lost_at_commit_is_never_retried_and_says_so(
     parts = urlsplit(database_url)
     with TcpProxy(parts.port or 5432) as proxy:
         who = parts.netloc.rpartition("@")[0]
-        # sslmode=disable: asyncpg leaves a future unretrieved when a connect that negotiates
-        # TLS is cancelled while the proxy (routing nowhere) closes it.
-        url = parts._replace(netloc=f"{who}@127.0.0.1:{proxy.port}", query="sslmode=disable")
-        url = url.geturl()
+        # The default sslmode (prefer): a connect that asks for TLS is cut while the proxy
+        # routes nowhere (service/db/opening.py marks asyncpg's future retrieved).
+        url = parts._replace(netloc=f"{who}@127.0.0.1:{proxy.port}").geturl()
         calls = 0
 
         async def cut_before_commit(con: asyncpg.Connection) -> None:
