@@ -420,3 +420,32 @@ async def test_the_idle_in_transaction_timeout_off_in_milliseconds_or_from_the_u
         assert await database.wait_connected(10)
         async with database.connection() as con:
             assert await con.fetchval(IDLE_IN_TRANSACTION) == expected
+
+
+async def test_a_server_that_starts_refusing_writes_is_retried_quickly_throughout(
+    database_url: str, server, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Demoted while connected: the connector starts in the state read_only, and its
+    # retries stay at 0.25-0.5 s (a switchover behind one address is short), never the
+    # backoff's 5 s of an outage.
+    caplog.set_level(logging.INFO, logger="service.db")
+    async with Database(test_settings(database_url)) as database:
+        assert await database.wait_connected(10)
+        name = database_url.rsplit("/", 1)[1].split("?")[0]
+        with server.admin() as admin:
+            admin.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+        await database.expire_connections()
+        attempts = 0
+        connect_once = database._connect_once
+
+        async def counted() -> asyncpg.Pool:
+            nonlocal attempts
+            attempts += 1
+            return await connect_once()
+
+        database._connect_once = counted  # type: ignore[method-assign]
+        assert await database.check() == DbState.READ_ONLY
+        # Four attempts, 0.25, 0.5 and 0.5 s apart, each on a server refusing writes.
+        await wait_until_async(lambda: attempts >= 4, "four attempts")
+    delays = [r.getMessage() for r in caplog.records if r.getMessage().startswith("db.retry")]
+    assert delays == ["db.retry in 0.2s", "db.retry in 0.5s"]

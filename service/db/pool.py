@@ -644,12 +644,16 @@ class Database:
     async def _connect_forever(self) -> None:
         backoff = Backoff(RETRY_FIRST_DELAY, RETRY_MAX_DELAY)
         logged = 0.0
+        # This loop's last failure, not the state: _reconnect sets read_only before the
+        # first attempt, which then kept the outage's cap (5 s) instead of 0.5 s.
+        failed: DbState | None = None
         while not self._closing:
             try:
                 pool = await self._connect_once()
             except Exception as exc:
                 reason = classify(exc)
-                if reason != self._state:  # a new kind of failure starts over
+                if reason != failed:  # a new kind of failure starts over
+                    failed = reason
                     quick = reason == DbState.READ_ONLY
                     backoff.reset(cap=READ_ONLY_MAX_DELAY if quick else RETRY_MAX_DELAY)
                 self._set_state(reason)
