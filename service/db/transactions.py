@@ -19,7 +19,7 @@ from typing import Literal, TypeAlias, TypeVar
 import asyncpg
 
 from ..backoff import Backoff
-from .connection import GONE, DatabaseUnavailable
+from .connection import GONE, DatabaseUnavailable, connection_gone
 from .states import DbState
 
 T = TypeVar("T")
@@ -115,7 +115,7 @@ async def run_transaction(
             except RETRYABLE as exc:  # serializable: the conflict may show at COMMIT
                 _retry_or_raise(exc, pauses, retries, counts)
             except (*GONE, asyncpg.InterfaceError) as exc:
-                if isinstance(exc, asyncpg.InterfaceError) and not con.is_closed():
+                if not connection_gone(exc, con):  # type: ignore[arg-type]  # the pool's proxy
                     raise
                 counts.outcomes[OUTCOME_UNKNOWN] += 1
                 raise TransactionOutcomeUnknown() from exc
