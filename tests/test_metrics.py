@@ -221,3 +221,17 @@ async def test_reads_meant_for_a_replica_are_counted_when_none_is_configured(
     assert samples[("db_replica_fallbacks_total", (("reason", "lag"),))] == 0
     assert samples[("db_writes_refused_total", ())] == 0
     assert ("db_replica_up", ()) not in samples  # replica families only when one is set
+
+
+async def test_transactions_are_counted_by_outcome_and_retries_by_sqlstate(
+    settings: Settings,
+) -> None:
+    app = create_app(settings)
+    async with running(app) as client:
+        database = await started(app)
+        assert await database.run_in_transaction(lambda con: con.fetchval("SELECT 1")) == 1
+        samples = await scrape(client)
+    assert samples[("db_transactions_total", (("outcome", "committed"),))] == 1
+    assert samples[("db_transactions_total", (("outcome", "outcome_unknown"),))] == 0
+    assert samples[("db_transaction_retries_total", (("sqlstate", "40001"),))] == 0
+    assert samples[("db_transaction_retries_total", (("sqlstate", "40P01"),))] == 0

@@ -165,6 +165,20 @@ class PoolCollector(Collector):
                 "Handler queries refused as read-only (SQLSTATE 25006): connection closed, 503.",
                 stats.writes_refused,
             )
+            yield _by_label(
+                "db_transactions",
+                "run_in_transaction outcomes: committed, rolled_back, retries_exhausted, "
+                "outcome_unknown.",
+                "outcome",
+                stats.transactions,
+            )
+            yield _by_label(
+                "db_transaction_retries",
+                "Transactions run again after a serialization failure (40001) or a deadlock "
+                "(40P01).",
+                "sqlstate",
+                stats.transaction_retries,
+            )
         reads = self.metrics.reads
         if reads is None:
             return
