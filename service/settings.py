@@ -252,8 +252,8 @@ class Settings:
         kwargs: dict[str, Any] = {}
         for spec in fields(cls):
             var = spec.metadata["env"]
-            raw = values.get(var)
-            if raw is None or raw.strip() == "":
+            raw = values.get(var)  # empty ones were left out above
+            if raw is None:
                 continue
             kwargs[spec.name] = spec.metadata["parse"](var, raw.strip())
         settings = cls(**kwargs)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Literal, TypeAlias, TypeVar
+from typing import Literal, TypeAlias, TypeVar, get_args
 
 import asyncpg
 
@@ -24,7 +24,7 @@ from .states import DbState
 
 T = TypeVar("T")
 Isolation: TypeAlias = Literal["read_committed", "repeatable_read", "serializable"]
-ISOLATION_LEVELS: tuple[Isolation, ...] = ("read_committed", "repeatable_read", "serializable")
+ISOLATION_LEVELS: tuple[Isolation, ...] = get_args(Isolation)
 # What running the transaction again may cure: the server rolled it back (SQLSTATE).
 RETRYABLE = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
 # Pauses between attempts: 5 ms doubling to 0.5 s, each spread ±50 % (contending
@@ -63,7 +63,7 @@ class TransactionCounts:
 
     def __init__(self) -> None:
         self.outcomes = dict.fromkeys(OUTCOMES, 0)
-        self.retries = {"40001": 0, "40P01": 0}
+        self.retries = {cls.sqlstate: 0 for cls in RETRYABLE}  # 40001, 40P01
 
 
 async def run_transaction(

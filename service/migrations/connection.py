@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 
 from ..password_file import PasswordFileError, read_password
 from ..settings import DatabaseURL, Settings
@@ -101,10 +100,12 @@ def reading(target: Target) -> Iterator[psycopg.Connection[Any]]:
 def describe(
     exc: BaseException, url: DatabaseURL | None = None, password: str | None = None
 ) -> str:
-    """The first line of a driver error, with the URL's password (or `password`) scrubbed."""
+    """The first line of a driver error, with the URL's secrets (or `password`) scrubbed."""
     diag = getattr(exc, "diag", None)
     text = (diag.message_primary if diag is not None else None) or str(exc) or type(exc).__name__
     line = next((part.strip() for part in text.splitlines() if part.strip()), text)
     line = line.removeprefix("connection failed: ").replace("FATAL:  ", "")
-    secret = password or (conninfo_to_dict(url.value or "").get("password") if url else None)
-    return line.replace(str(secret), "***") if secret else line
+    secrets = (password,) if password else url.secrets if url is not None else ()
+    for secret in secrets:
+        line = line.replace(secret, "***")
+    return line

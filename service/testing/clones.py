@@ -59,7 +59,6 @@ class ClonePool:
         self._made = 0
         self._lock = threading.Lock()
         self._inline: psycopg.Connection[Any] | None = None
-        self.waits: list[float] = []  # seconds each acquire() took
         self._threads: list[threading.Thread] = []
         if ahead > 0:
             for target, name in ((self._create_loop, "creator"), (self._drop_loop, "dropper")):
@@ -71,13 +70,9 @@ class ClonePool:
 
     def acquire(self) -> str:
         """A clone nobody else has seen; waits for the one being made if none is ready."""
-        started = time.perf_counter()
         if self.ahead == 0:
-            name = self._create(self._inline_connection())
-        else:
-            name = self._take(started + self.timeout)
-        self.waits.append(time.perf_counter() - started)
-        return name
+            return self._create(self._inline_connection())
+        return self._take(time.perf_counter() + self.timeout)
 
     def release(self, name: str) -> None:
         """Done with `name`: it is dropped (in the background when `ahead` > 0)."""
