@@ -157,8 +157,11 @@ class Opener:
         self.lost = 0  # ... that the server or the network closed (restart, crash, kill)
 
     async def create_pool(self) -> asyncpg.Pool:
+        arguments = pool_arguments(self._settings)
+        if self._settings.password_file is not None:
+            arguments["password"] = self._read_password  # the same file, a failure logged
         return await asyncpg.create_pool(
-            **pool_arguments(self._settings),
+            **arguments,
             connection_class=Connection,
             init=self._connection_opened,
             connect=self._connect,
@@ -167,8 +170,6 @@ class Opener:
     async def _connect(self, dsn: str | None = None, **kwargs: Any) -> asyncpg.Connection:
         """One new connection with our start-up parameters (the pool's connect hook)."""
         kwargs["server_settings"] = dict(self._server_settings)
-        if self._settings.password_file is not None:
-            kwargs["password"] = self._read_password
         # A host list: host by host, a connect timeout each; one host: asyncpg's own.
         connect = self._connect_each_host if len(self.hosts) > 1 else asyncpg.connect
         try:
@@ -223,6 +224,8 @@ class Opener:
             for url in self.hosts:
                 try:
                     return await asyncpg.connect(url, target_session_attrs=wanted, **kwargs)
+                except PasswordFileError:
+                    raise  # the file, not this host: the next host would read it again
                 except OPEN_FAILED as exc:
                     failure = exc
         assert failure is not None  # at least one host was tried
