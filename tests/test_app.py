@@ -22,6 +22,7 @@ from service import create_app, db_connection
 from service.settings import Settings
 from tests.support.apps import running, started, test_settings
 from tests.support.polling import wait_until_async
+from tests.support.readme import readme_block
 
 READY = {"ready": True, "dependencies": {"db": "connected", "redis": "unknown"}}
 
@@ -192,10 +193,7 @@ async def test_feature_routes_and_mounts_are_served_beside_the_built_in_ones(
         assert (await client.get("/api/v1/ready")).status_code == 200
 
 
-def _readme_block(language: str, after: str = "## Using the database in a handler") -> str:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme[readme.index(after) :]
-    return section.split(f"```{language}\n", 1)[1].split("```", 1)[0]
+HANDLER = "## Using the database in a handler"
 
 
 async def test_the_readmes_handler_example_runs_as_pasted(
@@ -203,8 +201,8 @@ async def test_the_readmes_handler_example_runs_as_pasted(
 ) -> None:
     database_url = empty_database_url  # sql/ may hold a feature's `orders` already
     with psycopg.connect(database_url, autocommit=True) as con:
-        con.execute(_readme_block("sql"))
-    (tmp_path / "myapp.py").write_text(_readme_block("python"))
+        con.execute(readme_block("sql", HANDLER))
+    (tmp_path / "myapp.py").write_text(readme_block("python", HANDLER))
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.chdir(tmp_path)  # no .env here
     monkeypatch.setenv("DATABASE_URL", database_url)
@@ -311,3 +309,21 @@ async def test_off_by_default_and_then_no_caller_is_looked_up(
         await started(app)
         assert (await client.get("/orders/7/held")).json() == {"value": 7}
     assert "held_too_long" not in caplog.text
+
+
+async def test_the_readmes_settings_and_on_connect_example_runs_as_pasted(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    code = readme_block("python", "A factory that takes its `Settings`")
+    (tmp_path / "setup_example.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)  # no .env here
+    module = importlib.import_module("setup_example")
+    given = module.app(settings)
+    monkeypatch.setenv("DATABASE_URL", settings.database_url.value)
+    from_env = module.app()  # Settings.from_env()
+    for app in (given, from_env):
+        async with running(app) as client:
+            await started(app)
+            answer = await client.get("/api/v1/lock-timeout")
+            assert (answer.status_code, answer.json()) == (200, {"lock_timeout": "2s"})

@@ -20,14 +20,9 @@ from service.settings import Settings
 from service.testing.apps import build_app
 from service.testing.servers import Server
 from tests.support.migrations import SHIPPED
+from tests.support.readme import readme_block
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def readme_block(language: str, after: str) -> str:
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index(after) :]
-    return section.split(f"```{language}\n", 1)[1].split("```", 1)[0]
 
 
 @pytest.fixture
