@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 
 from ..settings import Settings
 from .connection import Target
-from .runner import apply
+from .runner import Runner
 from .safety import Timeouts
 from .status import status
 
@@ -32,14 +32,15 @@ def startup_hook(settings: Settings) -> Callable[[object], Awaitable[None]]:
 def _migrate_and_report(settings: Settings) -> None:
     target = Target.from_settings(settings)
     if settings.migrate_on_startup:
-        # Under the same lock as the command; never serving a half-migrated schema.
-        count = apply(
-            target,
-            lock_timeout=settings.migrate_lock_timeout,
-            timeouts=Timeouts.from_settings(settings),
-        )
+        # Under the same lock as the command; never serving a half-migrated schema. The
+        # status from the same run: the files read once, no second connection.
+        lock_timeout, timeouts = settings.migrate_lock_timeout, Timeouts.from_settings(settings)
+        with Runner(target, lock_timeout=lock_timeout, timeouts=timeouts) as runner:
+            count = len(runner.apply())
+            states = [line.state for line in runner.status()]
         log.info("migrations.applied_on_startup count=%d", count)
-    states = [line.state for line in status(target)]
+    else:
+        states = [line.state for line in status(target)]
     log.info(
         "migrations.status applied=%d pending=%d changed=%d missing=%d",
         states.count("applied"),
