@@ -30,7 +30,7 @@ from starlette.responses import JSONResponse, Response
 
 from ..db import DatabaseUnavailable, QueryTimeout
 from ..db.transactions import TransactionOutcomeUnknown
-from .middleware import SERVER_ERROR, route_template
+from .middleware import SERVER_ERROR, UNMATCHED, log_unhandled, route_template
 from .sqlstates import CONDITIONS
 
 log = logging.getLogger("service.app")
@@ -82,7 +82,7 @@ async def database_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, asyncpg.PostgresError)
     answer = database_error_answer(exc)
     if answer is None:
-        _log_unhandled(request, exc)
+        log_unhandled(request.method, route_template(request.scope) or UNMATCHED, exc)
         return SERVER_ERROR
     return answer
 
@@ -120,15 +120,6 @@ async def query_timeout(request: Request, exc: Exception) -> Response:
     route = route_template(request.scope) or request.url.path
     log.warning("db.query_timeout route=%s method=%s", route, request.method)
     return JSONResponse({"error": "database timeout"}, status_code=503, headers=RETRY_AFTER)
-
-
-def _log_unhandled(request: Request, exc: BaseException) -> None:
-    log.error(
-        "http.unhandled_error method=%s route=%s",
-        request.method,
-        route_template(request.scope) or "unmatched",
-        exc_info=exc,
-    )
 
 
 HANDLERS = {

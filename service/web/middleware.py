@@ -26,6 +26,11 @@ log = logging.getLogger("service.app")
 SERVER_ERROR = JSONResponse({"error": "internal server error"}, status_code=500)
 
 
+def log_unhandled(method: str, route: str, exc: BaseException) -> None:
+    """The one line, with its traceback, for an error no handler answered (a 500)."""
+    log.error("http.unhandled_error method=%s route=%s", method, route, exc_info=exc)
+
+
 def route_template(scope: Scope) -> str | None:
     """The matched route's path template (`/items/{id:int}`), set in the scope by the router."""
     return getattr(scope.get("route"), "path", None)
@@ -80,14 +85,10 @@ class RequestMiddleware:
             if not watch.fired or handler.uncancel() > 0:
                 raise
             # Our own cancellation: the client is gone, there is nobody to answer.
-        except Exception:
+        except Exception as exc:
             if watch.started:
                 raise  # a response half sent: only closing the connection ends it
-            log.exception(
-                "http.unhandled_error method=%s route=%s",
-                scope["method"],
-                route_template(scope) or UNMATCHED,
-            )
+            log_unhandled(scope["method"], route_template(scope) or UNMATCHED, exc)
             await SERVER_ERROR(scope, watch.receive, send_status)
         finally:
             # Drop the watch from the scope: it holds the server's receive, whose cycle holds
@@ -109,8 +110,8 @@ class RequestMiddleware:
                 response = Prerendered(HEALTH_ANSWER)
             else:
                 response = await readiness(scope, self.metrics)
-        except Exception:
-            log.exception("http.unhandled_error method=GET route=%s", path)
+        except Exception as exc:
+            log_unhandled("GET", path, exc)
             response = SERVER_ERROR
         await response(scope, receive, send)
         elapsed = time.perf_counter() - start
