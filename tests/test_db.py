@@ -226,11 +226,8 @@ async def test_concurrent_connections_are_distinct_and_bounded(database_url: str
 async def test_state_changes_are_logged_once(
     database_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    parts = urlsplit(database_url)
-    port = parts.port or 5432
-    with TcpProxy(port) as proxy:
-        who = parts.netloc.rpartition("@")[0]
-        url = parts._replace(netloc=f"{who}@127.0.0.1:{proxy.port}").geturl()
+    with TcpProxy.before(database_url) as proxy:
+        url, port = proxy.url(database_url), proxy.target_port
         async with Database(test_settings(url)) as database:
             assert await database.wait_connected(10)
             caplog.set_level(logging.INFO, logger="service.db")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
-from urllib.parse import urlsplit
 
 import asyncpg
 import psycopg
@@ -210,12 +209,10 @@ async def test_a_connection_lost_at_commit_is_never_retried_and_says_so(
     """The connection goes away between the last statement and COMMIT: the server may have
     committed or not, as far as the client can know."""
     _setup(database_url)
-    parts = urlsplit(database_url)
-    with TcpProxy(parts.port or 5432) as proxy:
-        who = parts.netloc.rpartition("@")[0]
+    with TcpProxy.before(database_url) as proxy:
         # The default sslmode (prefer): a connect that asks for TLS is cut while the proxy
         # routes nowhere (service/db/opening.py marks asyncpg's future retrieved).
-        url = parts._replace(netloc=f"{who}@127.0.0.1:{proxy.port}").geturl()
+        url = proxy.url(database_url)
         calls = 0
 
         async def cut_before_commit(con: asyncpg.Connection) -> None:

@@ -13,6 +13,7 @@ import select
 import socket
 import threading
 from contextlib import suppress
+from urllib.parse import urlsplit
 
 from tests.support.cluster import free_port
 
@@ -30,6 +31,17 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._closed = False
         self._accepting = threading.Thread(target=self._accept, name="proxy-accept", daemon=True)
+
+    @classmethod
+    def before(cls, database_url: str) -> TcpProxy:
+        """A proxy to the server `database_url` names; `url()` is its way through."""
+        return cls(urlsplit(database_url).port or 5432)
+
+    def url(self, database_url: str) -> str:
+        """`database_url` through this proxy: its user, database and parameters kept."""
+        parts = urlsplit(database_url)
+        who = parts.netloc.rpartition("@")[0]
+        return parts._replace(netloc=f"{who}@127.0.0.1:{self.port}").geturl()
 
     def __enter__(self) -> TcpProxy:
         self._accepting.start()
