@@ -18,6 +18,7 @@ import pytest
 from service.migrations import Runner, Target, safety
 from service.migrations.safety import Timeouts
 from service.migrations.scaffold import new
+from service.testing.polling import wait_until
 from tests.support.migrations import SHIPPED, cli, documented_sql, query, with_baseline, write
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,11 +65,23 @@ def blocker(database_url: str) -> Iterator[psycopg.Connection[Any]]:
         con.rollback()
 
 
-def wait_for(condition: Any, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"still waiting for {what}"
-        time.sleep(0.02)
+def applying(
+    database_url: str, directory: Path, timeouts: Timeouts
+) -> tuple[threading.Thread, list[str], list[Any]]:
+    """A thread (not started) applying `directory` with `timeouts`; the lock retries it
+    reports, and its outcome: the ids applied, or the exception."""
+    retries: list[str] = []
+    outcome: list[Any] = []
+
+    def migrate() -> None:
+        try:
+            with Runner(Target.parse(database_url), directory, timeouts=timeouts,
+                        on_retry=retries.append) as runner:  # fmt: skip
+                outcome.append(runner.apply(report=lambda line: None))
+        except BaseException as exc:  # reported by the test's assertion
+            outcome.append(exc)
+
+    return threading.Thread(target=migrate), retries, outcome
 
 
 ADD_NOTE = ("0003_orders_note", "ALTER TABLE orders ADD COLUMN note text;\n")
@@ -84,17 +97,8 @@ def test_blocked_migration_lets_queries_through_and_applies_when_the_blocker_lea
     blocker: psycopg.Connection[Any],
 ) -> None:
     write(live_dir, *ADD_NOTE, "ALTER TABLE orders DROP COLUMN note;")
-    retries: list[str] = []
-    outcome: list[Any] = []
     timeouts = Timeouts(lock_timeout=LOCK_TIMEOUT, retry_budget=60)
-
-    def migrate() -> None:
-        try:
-            with Runner(Target.parse(database_url), live_dir, timeouts=timeouts,
-                        on_retry=retries.append) as runner:  # fmt: skip
-                outcome.append(runner.apply(report=lambda line: None))
-        except BaseException as exc:  # reported by the assertion below
-            outcome.append(exc)
+    runner, retries, outcome = applying(database_url, live_dir, timeouts)
 
     # A third session keeps reading the table and records its longest wait.
     longest = [0.0]
@@ -111,17 +115,16 @@ def test_blocked_migration_lets_queries_through_and_applies_when_the_blocker_lea
                 time.sleep(0.01)
 
     reader = threading.Thread(target=read)
-    runner = threading.Thread(target=migrate)
     blocked_since = time.monotonic()
     reader.start()
     runner.start()
     try:
-        wait_for(lambda: len(retries) >= 2, "two retries")
+        wait_until(lambda: len(retries) >= 2, "two retries")
         # `migrate list` takes no lock: it answers while the run retries.
         code, out, _ = cli(capsys, "list", "--database", database_url, "--dir", str(live_dir))
         assert (code, out.splitlines()[-1]) == (0, "pending  0003_orders_note")
         # Held long enough that a reader queued behind the migration would break the bound.
-        wait_for(lambda: time.monotonic() - blocked_since > 1.6, "the blocker's 1.6 s")
+        wait_until(lambda: time.monotonic() - blocked_since > 1.6, "the blocker's 1.6 s")
     finally:
         blocker.rollback()
         runner.join(60)
@@ -188,22 +191,12 @@ def test_the_retry_budget_counts_time_blocked_not_time_running(
         "ALTER TABLE orders ADD COLUMN note text;\n",
         "ALTER TABLE orders DROP COLUMN note;",
     )
-    retries: list[str] = []
-    outcome: list[Any] = []
     timeouts = Timeouts(lock_timeout=LOCK_TIMEOUT, retry_budget=1)
+    runner, retries, outcome = applying(database_url, live_dir, timeouts)
 
-    def migrate() -> None:
-        try:
-            with Runner(Target.parse(database_url), live_dir, timeouts=timeouts,
-                        on_retry=retries.append) as runner:  # fmt: skip
-                outcome.append(runner.apply(report=lambda line: None))
-        except BaseException as exc:  # reported by the assertion below
-            outcome.append(exc)
-
-    runner = threading.Thread(target=migrate)
     runner.start()
     try:
-        wait_for(lambda: retries or outcome, "a retry")
+        wait_until(lambda: retries or outcome, "a retry")
     finally:
         blocker.rollback()
         runner.join(60)
@@ -392,7 +385,7 @@ def test_concurrent_index_waiting_on_an_old_snapshot_is_dropped_and_retried(
             done: list[list[str]] = []
             thread = threading.Thread(target=lambda: done.append(runner.apply(lambda _: None)))
             thread.start()
-            wait_for(lambda: len(caplog.messages) >= 2, "two retries")
+            wait_until(lambda: len(caplog.messages) >= 2, "two retries")
             assert query(database_url, "SELECT to_regclass('orders_by_total')") in (
                 [(None,)],  # dropped before the pause ...
                 [("orders_by_total",)],  # ... or the next attempt is building it
