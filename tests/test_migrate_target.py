@@ -3,7 +3,6 @@ and always naming the one they are about to change (service/migrations/cli.py)."
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import pytest
 
 from service.cli import main
 from service.settings import DEV_ENV_FILE
+from tests.support.migrations import login_role
 
 REFUSED = (
     "error: DATABASE_URL is not set: migrate {action} changes a database and never assumes "
@@ -72,27 +72,19 @@ def test_apply_and_rollback_name_the_target_first_password_hidden(
     tmp_path: Path,
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    role = f"svc_test_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(empty_database_url, autocommit=True) as con:
-        con.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'Sup3rSecret'")
-        con.execute(f"GRANT CREATE ON SCHEMA public TO {role}")
-    try:
-        info = psycopg.conninfo.conninfo_to_dict(empty_database_url)
-        where = f"{info['host']}:{info['port']}/{info['dbname']}"
-        url = f"postgresql://{role}:Sup3rSecret@{where}"
-        sql = tmp_path / "sql"
-        sql.mkdir()
-        (sql / "0001_first.sql").write_text("CREATE TABLE first (id int);\n")
-        (sql / "0001_first.rollback.sql").write_text("DROP TABLE first;\n")
+    sql = tmp_path / "sql"
+    sql.mkdir()
+    (sql / "0001_first.sql").write_text("CREATE TABLE first (id int);\n")
+    (sql / "0001_first.rollback.sql").write_text("DROP TABLE first;\n")
+    with login_role(empty_database_url, "GRANT CREATE ON SCHEMA public TO {role}") as (
+        url,
+        redacted,
+    ):
         assert main(["migrate", "apply", "--database", url, "--dir", str(sql)]) == 0
         applied = capsys.readouterr().out
         assert main(["migrate", "rollback", "--database", url, "--dir", str(sql)]) == 0
         undone = capsys.readouterr().out
-    finally:
-        with psycopg.connect(empty_database_url, autocommit=True) as con:
-            con.execute(f"DROP OWNED BY {role}")
-            con.execute(f"DROP ROLE {role}")
-    target = f"target postgresql://{role}:***@{where}"
+    target = f"target {redacted}"
     assert applied.splitlines() == [target, "applied 0001_first", "1 applied"]
     assert undone.splitlines() == [target, "rolled back 0001_first", "1 rolled back"]
 

@@ -11,7 +11,6 @@ import sys
 import threading
 import time
 import tomllib
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from tests.support.migrations import (
     SHIPPED,
     cli,
     documented_sql,
+    login_role,
     query,
     shipped_ids,
     with_baseline,
@@ -369,44 +369,26 @@ def test_check_says_whether_the_database_is_up_to_date(
 
 
 def test_check_runs_in_a_read_only_transaction_and_any_error_is_2(
-    capsys: pytest.CaptureFixture[str], server: Server, database_url: str, tmp_path: Path
+    capsys: pytest.CaptureFixture[str], database_url: str, tmp_path: Path
 ) -> None:
     with migrations.connection.reading(Target.parse(database_url)) as con:
         assert con.execute("SHOW transaction_read_only").fetchone() == ("on",)
     code, _, err = cli(capsys, "check", "--dir", str(tmp_path / "nope"))
     assert (code, err) == (2, f"error: migrations directory {tmp_path / 'nope'} does not exist\n")
-    role = "svc_test_nosee_" + uuid.uuid4().hex[:8]
-    with server.admin() as con:
-        con.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'Sup3rSecret'")
-    try:
-        info = psycopg.conninfo.conninfo_to_dict(database_url)
-        url = f"postgresql://{role}:Sup3rSecret@{info['host']}:{info['port']}/{info['dbname']}"
+    with login_role(database_url) as (url, redacted):
         code, out, err = cli(capsys, "check", "--database", url, "--dir", str(SHIPPED))
-    finally:
-        with server.admin() as con:
-            con.execute(f"DROP ROLE {role}")
     assert (code, out) == (2, "")
-    redacted = f"postgresql://{role}:***@{info['host']}:{info['port']}/{info['dbname']}"
     assert err == f"error: {redacted}: permission denied for table _yoyo_migration\n"
 
 
 def test_a_database_error_mid_run_is_one_line(
-    capsys: pytest.CaptureFixture[str], server: Server, empty_url: str
+    capsys: pytest.CaptureFixture[str], empty_url: str
 ) -> None:
-    role = "svc_test_ro_" + uuid.uuid4().hex[:8]
-    with server.admin() as con:
-        con.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'Sup3rSecret'")
     with psycopg.connect(empty_url, autocommit=True) as con:
         con.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")  # the default before PG 15
-    try:
-        info = psycopg.conninfo.conninfo_to_dict(empty_url)
-        url = f"postgresql://{role}:Sup3rSecret@{info['host']}:{info['port']}/{info['dbname']}"
+    with login_role(empty_url) as (url, redacted):
         code, out, err = cli(capsys, "apply", "--database", url, "--dir", str(SHIPPED))
-    finally:
-        with server.admin() as con:
-            con.execute(f"DROP ROLE {role}")
     assert (code, out) == (1, "")
-    redacted = f"postgresql://{role}:***@{info['host']}:{info['port']}/{info['dbname']}"
     assert err == f"error: {redacted}: permission denied for schema public\n"
 
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,3 +66,23 @@ def documented_sql(name: str) -> str:
     opening = f"`sql/{name}`:\n\n```sql\n"
     start = text.index(opening) + len(opening)
     return text[start : text.index("```", start)]
+
+
+@contextmanager
+def login_role(database_url: str, *grants: str) -> Iterator[tuple[str, str]]:
+    """A new role that logs in with a password, on `database_url`'s database: (its URL, that
+    URL as the errors show it, password hidden). `grants`: statements with `{role}`. The
+    role and what it owns are dropped after."""
+    role = f"svc_test_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(database_url, autocommit=True) as con:
+        con.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'Sup3rSecret'")
+        for grant in grants:
+            con.execute(grant.format(role=role))
+    info = psycopg.conninfo.conninfo_to_dict(database_url)
+    where = f"{info['host']}:{info['port']}/{info['dbname']}"
+    try:
+        yield f"postgresql://{role}:Sup3rSecret@{where}", f"postgresql://{role}:***@{where}"
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as con:
+            con.execute(f"DROP OWNED BY {role}")
+            con.execute(f"DROP ROLE {role}")
