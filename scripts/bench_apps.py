@@ -67,23 +67,24 @@ def project() -> Starlette:
     return create_app(routes=[Route(PATH, _item, methods=["GET"])])
 
 
+@asynccontextmanager
+async def _lean_lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+    pool = await asyncpg.create_pool(os.environ["DATABASE_URL"], min_size=2, max_size=30)
+    yield {"pool": pool}
+    await pool.close()
+
+
+async def _lean_item(request: Request) -> JSONResponse:
+    async with request.state.pool.acquire() as con:
+        row = await con.fetchrow(READ, request.path_params["item_id"])
+    if row is None:
+        return JSONResponse({"error": "not found"}, status_code=404)
+    return JSONResponse({"id": row["id"], "v": row["v"]})
+
+
 def lean() -> Starlette:
     """Starlette + a bare asyncpg pool: the floor the project is measured against."""
-
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        pool = await asyncpg.create_pool(os.environ["DATABASE_URL"], min_size=2, max_size=30)
-        yield {"pool": pool}
-        await pool.close()
-
-    async def item(request: Request) -> JSONResponse:
-        async with request.state.pool.acquire() as con:
-            row = await con.fetchrow(READ, request.path_params["item_id"])
-        if row is None:
-            return JSONResponse({"error": "not found"}, status_code=404)
-        return JSONResponse({"id": row["id"], "v": row["v"]})
-
-    return Starlette(routes=[Route(PATH, item, methods=["GET"])], lifespan=lifespan)
+    return Starlette(routes=[Route(PATH, _lean_item, methods=["GET"])], lifespan=_lean_lifespan)
 
 
 class ItemIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -110,12 +111,6 @@ def project_write() -> Starlette:
 def lean_write() -> Starlette:
     """Starlette + a bare asyncpg pool, the same write by hand (parse, check, encode)."""
 
-    @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        pool = await asyncpg.create_pool(os.environ["DATABASE_URL"], min_size=2, max_size=30)
-        yield {"pool": pool}
-        await pool.close()
-
     async def create(request: Request) -> JSONResponse:
         try:
             body = json.loads(await request.body())
@@ -137,13 +132,8 @@ def lean_write() -> Starlette:
             status_code=201,
         )
 
-    async def item(request: Request) -> JSONResponse:  # the bench's "up" probe
-        async with request.state.pool.acquire() as con:
-            row = await con.fetchrow(READ, request.path_params["item_id"])
-        return JSONResponse({"id": row["id"], "v": row["v"]})
-
-    routes = [Route(WRITE_PATH, create, methods=["POST"]), Route(PATH, item, methods=["GET"])]
-    return Starlette(routes=routes, lifespan=lifespan)
+    routes = [Route(WRITE_PATH, create, methods=["POST"]), Route(PATH, _lean_item, methods=["GET"])]
+    return Starlette(routes=routes, lifespan=_lean_lifespan)
 
 
 def bare() -> Starlette:
@@ -155,8 +145,9 @@ def bare() -> Starlette:
     return Starlette(routes=[Route("/ok", ok, methods=["GET"])])
 
 
-def sqlalchemy() -> Any:
-    """The original design: FastAPI, SQLAlchemy async engine, a session per request."""
+def _sqlalchemy() -> tuple[Any, Any]:
+    """FastAPI and an async engine as the original design set them up, with the read route
+    (/item/{id}, also the bench's "up" probe): the app, and its session dependency."""
     from fastapi import Depends, FastAPI, HTTPException
     from sqlalchemy import text
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
@@ -186,24 +177,25 @@ def sqlalchemy() -> Any:
             raise HTTPException(status_code=404)
         return {"id": row.id, "v": row.v}
 
-    return app
+    return app, get_db
+
+
+def sqlalchemy() -> Any:
+    """The original design: FastAPI, SQLAlchemy async engine, a session per request."""
+    return _sqlalchemy()[0]
 
 
 def sqlalchemy_write() -> Any:
     """The original design's write: a pydantic model, a session, a commit."""
     from datetime import datetime
 
-    from fastapi import Depends, FastAPI
+    from fastapi import Depends
     from pydantic import BaseModel, Field
     from sqlalchemy import bindparam, text
     from sqlalchemy.dialects.postgresql import JSONB
-    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+    from sqlalchemy.ext.asyncio import AsyncSession
 
-    url = os.environ["DATABASE_URL"].replace("postgresql://", "postgresql+asyncpg://", 1)
-    engine = create_async_engine(
-        url, pool_size=20, max_overflow=10, pool_pre_ping=True, pool_recycle=3600
-    )
-    sessions = async_sessionmaker(engine, expire_on_commit=False)
+    app, get_db = _sqlalchemy()
     insert = text(
         "INSERT INTO w (name, payload) VALUES (:name, :payload)"
         " RETURNING id, name, payload, created_at"
@@ -216,22 +208,6 @@ def sqlalchemy_write() -> Any:
     class ItemOut(Item):
         id: int
         created_at: datetime
-
-    async def get_db() -> AsyncIterator[AsyncSession]:
-        async with sessions() as session:
-            yield session
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        await engine.dispose()
-
-    app = FastAPI(lifespan=lifespan)
-
-    @app.get("/item/{item_id}")  # the bench's "up" probe
-    async def item(item_id: int, db: AsyncSession = Depends(get_db)) -> dict[str, Any]:  # noqa: B008
-        row = (await db.execute(text(READ.replace("$1", ":id")), {"id": item_id})).one()
-        return {"id": row.id, "v": row.v}
 
     async def create(item: Item, db: AsyncSession = Depends(get_db)) -> ItemOut:  # noqa: B008
         row = (await db.execute(insert, {"name": item.name, "payload": item.payload})).one()
