@@ -293,34 +293,54 @@ def compared(
     what: str,
 ) -> dict[str, list[Load]]:
     """Apps served alike (`serve --app`) on the same database, app order reversed each round."""
-    pythonpath = os.pathsep.join(
-        filter(None, [str(ROOT / "scripts"), os.environ.get("PYTHONPATH")])
-    )
     services = {
         name: ServiceProcess(
-            url, app=f"bench_apps:{factory}", ready_path=ITEM, PYTHONPATH=pythonpath, **env
+            url, app=f"bench_apps:{factory}", ready_path=ITEM, PYTHONPATH=_pythonpath(), **env
         )
         for name, (factory, env) in apps.items()
     }
-    runs: dict[str, list[Load]] = {name: [] for name in apps}
     try:
         for service in services.values():
             service.start()
-            load(service.url(path), connections, 2, script)  # warm up
-        for i in range(rounds):
-            order = list(apps) if i % 2 == 0 else list(apps)[::-1]
-            for name in order:
-                result = load(services[name].url(path), connections, seconds, script)
-                runs[name].append(result)
-                ERRORS.append(result.errors)
-                print(
-                    f"  {what}: {name:<20} {result.rps:9.0f} req/s  p50 {result.p50_ms:6.2f} ms"
-                    f"  p99 {result.p99_ms:6.2f} ms",
-                    file=sys.stderr,
-                )
+        targets = {name: (service, path) for name, service in services.items()}
+        return alternate(targets, load, connections, seconds, rounds, f"{what}: ", 20, script)
     finally:
         for service in services.values():
             service.stop()
+
+
+def _pythonpath() -> str:
+    """PYTHONPATH for a service that serves an app of scripts/bench_apps.py."""
+    return os.pathsep.join(filter(None, [str(ROOT / "scripts"), os.environ.get("PYTHONPATH")]))
+
+
+def alternate(
+    targets: dict[str, tuple[ServiceProcess, str]],
+    load: Callable[..., Load],
+    connections: int,
+    seconds: float,
+    rounds: int,
+    prefix: str,
+    width: int,
+    script: Path | None = None,
+) -> dict[str, list[Load]]:
+    """Each target (a started service, a path) warmed up, then loaded in turn, `rounds`
+    times, the order reversed each round; each run printed as it ends."""
+    for service, path in targets.values():
+        load(service.url(path), connections, 2, script)  # warm up
+    runs: dict[str, list[Load]] = {name: [] for name in targets}
+    for i in range(rounds):
+        order = list(targets) if i % 2 == 0 else list(targets)[::-1]
+        for name in order:
+            service, path = targets[name]
+            result = load(service.url(path), connections, seconds, script)
+            runs[name].append(result)
+            ERRORS.append(result.errors)
+            print(
+                f"  {prefix}{name:<{width}} {result.rps:9.0f} req/s  p50 {result.p50_ms:6.2f} ms"
+                f"  p99 {result.p99_ms:6.2f} ms",
+                file=sys.stderr,
+            )
     return runs
 
 
@@ -334,41 +354,24 @@ def ceiling(
 ) -> dict[str, list[Load]]:
     """Readiness and liveness of the running service beside a bare Starlette app (no database,
     no middleware) under plain uvicorn, and under our serve command (the bounded head)."""
-    pythonpath = os.pathsep.join(
-        filter(None, [str(ROOT / "scripts"), os.environ.get("PYTHONPATH")])
-    )
+    path = _pythonpath()
     bare = ServiceProcess(
-        url, app="bench_apps:bare", ready_path="/ok", uvicorn=True, PYTHONPATH=pythonpath
+        url, app="bench_apps:bare", ready_path="/ok", uvicorn=True, PYTHONPATH=path
     )
-    bounded = ServiceProcess(url, app="bench_apps:bare", ready_path="/ok", PYTHONPATH=pythonpath)
+    bounded = ServiceProcess(url, app="bench_apps:bare", ready_path="/ok", PYTHONPATH=path)
     targets = {
         "bare Starlette, plain uvicorn": (bare, "/ok"),
         "bare Starlette, our serve": (bounded, "/ok"),
         "readiness": (ours, READY),
         "liveness": (ours, HEALTH),
     }
-    runs: dict[str, list[Load]] = {name: [] for name in targets}
     try:
         bare.start()
         bounded.start()
-        for service, path in targets.values():
-            load(service.url(path), connections, 2)  # warm up
-        for i in range(rounds):
-            order = list(targets) if i % 2 == 0 else list(targets)[::-1]
-            for name in order:
-                service, path = targets[name]
-                result = load(service.url(path), connections, seconds)
-                runs[name].append(result)
-                ERRORS.append(result.errors)
-                print(
-                    f"  {name:<30} {result.rps:9.0f} req/s  p50 {result.p50_ms:6.2f} ms"
-                    f"  p99 {result.p99_ms:6.2f} ms",
-                    file=sys.stderr,
-                )
+        return alternate(targets, load, connections, seconds, rounds, "", 30)
     finally:
         bare.stop()
         bounded.stop()
-    return runs
 
 
 async def contention(url: str, concurrent: int = 20, rounds: int = 10) -> dict[int, list[int]]:
