@@ -25,11 +25,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from .servers import PREFIX, Server
+from .servers import DROP, PREFIX, Server
 
 CREATE = "CREATE DATABASE {} TEMPLATE {}"
-# FORCE costs nothing when nobody is connected and ends a pool a test leaked.
-DROP = "DROP DATABASE IF EXISTS {} WITH (FORCE)"
 OURS = "SELECT datname FROM pg_database WHERE starts_with(datname, %s)"
 POLL = 0.05  # seconds between looks at the creator's error while waiting for a clone
 
